@@ -1,0 +1,1 @@
+//! Native in-process extensions, for tests and built-in demos.

@@ -1,0 +1,271 @@
+//! Runtime state of proxies and servers: what the stats page shows, what
+//! balancing and health checks change, and what extensions read
+//! (`core.backends`, `Server:get_stats()`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::RwLock;
+
+use crate::config::model::{Mode, ProxyConfig, ServerConfig};
+use crate::sample::Vars;
+use crate::sample::map::MapStore;
+
+/// Traffic counters shared by proxies and servers (HAProxy's stats columns).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Current sessions.
+    pub scur: AtomicU64,
+    /// Highest `scur` seen.
+    pub smax: AtomicU64,
+    /// Total sessions.
+    pub stot: AtomicU64,
+    /// Bytes in (from clients) and out (to clients).
+    pub bin: AtomicU64,
+    pub bout: AtomicU64,
+    /// HTTP requests seen.
+    pub req_tot: AtomicU64,
+    /// Responses by status class: 1xx..5xx, other.
+    pub hrsp: [AtomicU64; 6],
+    /// Requests denied by rules.
+    pub dreq: AtomicU64,
+    /// Connection errors to servers, response errors.
+    pub econ: AtomicU64,
+    pub eresp: AtomicU64,
+    /// Failed health checks.
+    pub chkfail: AtomicU64,
+    /// Transitions UP -> DOWN.
+    pub chkdown: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a new session; returns a guard that decrements `scur` on drop.
+    pub fn open_session(self: &Arc<Self>) -> SessionGuard {
+        let cur = self.scur.fetch_add(1, Ordering::Relaxed) + 1;
+        self.smax.fetch_max(cur, Ordering::Relaxed);
+        self.stot.fetch_add(1, Ordering::Relaxed);
+        SessionGuard(Arc::clone(self))
+    }
+
+    pub fn count_status(&self, status: u16) {
+        let idx = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            500..=599 => 4,
+            _ => 5,
+        };
+        self.hrsp[idx].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Decrements a `scur` counter when the session ends.
+#[derive(Debug)]
+pub struct SessionGuard(Arc<Counters>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.scur.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The operational state of a server, as `Server:get_stats().status` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ServerState {
+    /// Health checks pass.
+    Up = 0,
+    /// Health checks fail.
+    Down = 1,
+    /// Put in maintenance (`disabled` or by an extension).
+    Maint = 2,
+    /// Not checked: assumed usable.
+    NoCheck = 3,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Up => "UP",
+            ServerState::Down => "DOWN",
+            ServerState::Maint => "MAINT",
+            ServerState::NoCheck => "no check",
+        }
+    }
+    fn from_u8(v: u8) -> ServerState {
+        match v {
+            0 => ServerState::Up,
+            1 => ServerState::Down,
+            2 => ServerState::Maint,
+            _ => ServerState::NoCheck,
+        }
+    }
+}
+
+/// A server of a backend at run time.
+#[derive(Debug)]
+pub struct ServerRt {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub config: ServerConfig,
+    pub weight: AtomicU32,
+    pub maxconn: AtomicU32,
+    state: AtomicU8,
+    /// Consecutive check results, for rise/fall.
+    pub check_ok_streak: AtomicU32,
+    pub check_fail_streak: AtomicU32,
+    pub counters: Arc<Counters>,
+    /// Unix time of the last state change.
+    pub last_change: AtomicU64,
+    /// Position within its backend (HAProxy's `puid`).
+    pub puid: u32,
+}
+
+impl ServerRt {
+    pub fn new(config: ServerConfig, puid: u32) -> ServerRt {
+        let state = if config.disabled {
+            ServerState::Maint
+        } else if config.check {
+            // HAProxy starts checked servers UP and lets the checks bring them down.
+            ServerState::Up
+        } else {
+            ServerState::NoCheck
+        };
+        ServerRt {
+            name: config.name.clone(),
+            addr: config.addr,
+            weight: AtomicU32::new(config.weight),
+            maxconn: AtomicU32::new(config.maxconn.unwrap_or(0)),
+            state: AtomicU8::new(state as u8),
+            check_ok_streak: AtomicU32::new(0),
+            check_fail_streak: AtomicU32::new(0),
+            counters: Arc::new(Counters::default()),
+            last_change: AtomicU64::new(unix_now()),
+            puid,
+            config,
+        }
+    }
+
+    pub fn state(&self) -> ServerState {
+        ServerState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Changes the state; returns the previous one.
+    pub fn set_state(&self, s: ServerState) -> ServerState {
+        let prev = ServerState::from_u8(self.state.swap(s as u8, Ordering::AcqRel));
+        if prev != s {
+            self.last_change.store(unix_now(), Ordering::Relaxed);
+        }
+        prev
+    }
+
+    /// Whether the balancer may send traffic here.
+    pub fn usable(&self) -> bool {
+        matches!(self.state(), ServerState::Up | ServerState::NoCheck)
+            && self.weight.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether a new connection stays within `maxconn` (0 = unlimited).
+    pub fn has_room(&self) -> bool {
+        let max = self.maxconn.load(Ordering::Relaxed) as u64;
+        max == 0 || Counters::get(&self.counters.scur) < max
+    }
+}
+
+/// A proxy (frontend, backend or listen) at run time.
+#[derive(Debug)]
+pub struct ProxyRt {
+    pub name: String,
+    pub config: Arc<ProxyConfig>,
+    pub servers: Vec<Arc<ServerRt>>,
+    pub counters: Arc<Counters>,
+    /// Round-robin cursor.
+    pub rr: AtomicU64,
+    pub uuid: u32,
+}
+
+impl ProxyRt {
+    pub fn is_frontend(&self) -> bool {
+        self.config.is_frontend()
+    }
+    pub fn is_backend(&self) -> bool {
+        self.config.is_backend()
+    }
+    pub fn mode(&self) -> Mode {
+        self.config.mode
+    }
+    /// Number of usable servers (HAProxy's `nbsrv`).
+    pub fn nbsrv(&self) -> usize {
+        self.servers.iter().filter(|s| s.usable()).count()
+    }
+    pub fn server(&self, name: &str) -> Option<&Arc<ServerRt>> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+}
+
+/// Everything the running proxy knows, shared by all connections of one
+/// configuration generation.
+pub struct World {
+    pub proxies: Vec<Arc<ProxyRt>>,
+    by_name: HashMap<String, usize>,
+    /// `proc.*` variables.
+    pub proc_vars: RwLock<Vars>,
+    /// Map files, loaded at parse time and changed at run time.
+    pub maps: Arc<MapStore>,
+    pub started: Instant,
+    /// The extensions loaded by the configuration.
+    pub ext: Arc<crate::ext::Registry>,
+}
+
+impl World {
+    pub fn new(
+        proxies: Vec<Arc<ProxyRt>>,
+        maps: Arc<MapStore>,
+        ext: Arc<crate::ext::Registry>,
+    ) -> World {
+        let by_name = proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
+        World {
+            proxies,
+            by_name,
+            proc_vars: RwLock::new(Vars::default()),
+            maps,
+            started: Instant::now(),
+            ext,
+        }
+    }
+
+    pub fn proxy(&self, name: &str) -> Option<&Arc<ProxyRt>> {
+        self.by_name.get(name).map(|&i| &self.proxies[i])
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&Arc<ProxyRt>> {
+        self.proxy(name).filter(|p| p.is_backend())
+    }
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World")
+            .field("proxies", &self.proxies.len())
+            .finish()
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
