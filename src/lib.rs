@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub mod cli;
 pub mod config;
 pub mod ext;
 pub mod proxy;

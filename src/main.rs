@@ -1,1 +1,18 @@
-fn main() {}
+//! `proxy`: parse arguments, load the configuration, run. Nothing else.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use moonbox::cli;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    cli::init_logging(args.quiet);
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

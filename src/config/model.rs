@@ -166,6 +166,8 @@ pub struct Options {
     pub httpchk: Option<HttpCheck>,
     pub dontlognull: bool,
     pub httpclose: bool,
+    /// `option http-buffer-request`: wait for the whole body before rules.
+    pub buffer_request: bool,
     /// `log global` or any `log` line in the proxy: access logs are emitted.
     pub log: bool,
 }

@@ -618,7 +618,6 @@ const OPTIONS_ACCEPTED: &[&str] = &[
     "http-keep-alive",
     "http-server-close",
     "redispatch",
-    "http-buffer-request",
     "log-health-checks",
     "abortonclose",
     "splice-auto",
@@ -991,6 +990,7 @@ impl ProxyParser<'_, '_> {
             }
             "dontlognull" => o.dontlognull = on,
             "httpclose" => o.httpclose = on,
+            "http-buffer-request" => o.buffer_request = on,
             "httpchk" => {
                 if !on {
                     o.httpchk = None;

@@ -190,6 +190,31 @@ pub struct ProxyRt {
     /// Round-robin cursor.
     pub rr: AtomicU64,
     pub uuid: u32,
+    /// The HTTP client towards this backend's servers.
+    pub upstream: Option<super::upstream::Upstream>,
+}
+
+impl ProxyRt {
+    /// Builds the run-time proxy from its configuration.
+    pub fn new(config: Arc<ProxyConfig>, uuid: u32) -> ProxyRt {
+        let servers = config
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Arc::new(ServerRt::new(s.clone(), i as u32 + 1)))
+            .collect();
+        let upstream = (config.is_backend() && config.mode == Mode::Http)
+            .then(|| super::upstream::Upstream::new(config.timeouts.connect));
+        ProxyRt {
+            name: config.name.clone(),
+            servers,
+            counters: Arc::new(Counters::default()),
+            rr: AtomicU64::new(0),
+            uuid,
+            upstream,
+            config,
+        }
+    }
 }
 
 impl ProxyRt {
@@ -223,6 +248,9 @@ pub struct World {
     pub started: Instant,
     /// The extensions loaded by the configuration.
     pub ext: Arc<crate::ext::Registry>,
+    /// Variables set by `setenv`, seen by the `env` fetch and extensions
+    /// before the process environment.
+    pub env: HashMap<String, String>,
 }
 
 impl World {
@@ -243,7 +271,16 @@ impl World {
             maps,
             started: Instant::now(),
             ext,
+            env: HashMap::new(),
         }
+    }
+
+    /// An environment variable: `setenv` first, then the process's.
+    pub fn env(&self, name: &str) -> Option<String> {
+        self.env
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
     }
 
     pub fn proxy(&self, name: &str) -> Option<&Arc<ProxyRt>> {

@@ -1,0 +1,90 @@
+//! Server selection: roundrobin (weighted), leastconn, first, source.
+//! Backup servers are used only when no active server is usable.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::state::{Counters, ProxyRt, ServerRt};
+use crate::config::model::Balance;
+
+/// Picks a server for a new request or connection; `None` when no server
+/// is usable (the caller answers 503).
+pub fn pick(backend: &ProxyRt, src: IpAddr) -> Option<Arc<ServerRt>> {
+    let active: Vec<&Arc<ServerRt>> = backend
+        .servers
+        .iter()
+        .filter(|s| !s.config.backup && s.usable())
+        .collect();
+    let pool = if active.is_empty() {
+        // HAProxy uses the first usable backup unless `option allbackups`.
+        return backend
+            .servers
+            .iter()
+            .find(|s| s.config.backup && s.usable() && s.has_room())
+            .or_else(|| backend.servers.iter().find(|s| s.config.backup && s.usable()))
+            .cloned();
+    } else {
+        active
+    };
+    let with_room: Vec<&Arc<ServerRt>> = pool.iter().copied().filter(|s| s.has_room()).collect();
+    // When every server is at its maxconn, HAProxy queues; moonbox picks
+    // among all usable servers rather than refusing.
+    let candidates = if with_room.is_empty() { pool } else { with_room };
+    match backend.config.balance {
+        Balance::RoundRobin => round_robin(backend, &candidates),
+        Balance::LeastConn => candidates
+            .iter()
+            .min_by_key(|s| {
+                let cur = Counters::get(&s.counters.scur);
+                let w = s.weight.load(Ordering::Relaxed).max(1) as u64;
+                // Compare cur/weight without division: scale by a common factor.
+                cur * 256 / w
+            })
+            .map(|s| Arc::clone(s)),
+        Balance::First => candidates.first().map(|s| Arc::clone(s)),
+        Balance::Source => {
+            let h = match src {
+                IpAddr::V4(a) => u32::from(a) as u64,
+                IpAddr::V6(a) => {
+                    let o = a.octets();
+                    o.iter().fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(b as u64))
+                }
+            };
+            let h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+            weighted_index(&candidates, h).map(|s| Arc::clone(s))
+        }
+    }
+}
+
+fn round_robin(backend: &ProxyRt, candidates: &[&Arc<ServerRt>]) -> Option<Arc<ServerRt>> {
+    let n = backend.rr.fetch_add(1, Ordering::Relaxed);
+    weighted_index(candidates, n).map(|s| Arc::clone(s))
+}
+
+/// Maps `n` onto the servers in proportion to their weights.
+fn weighted_index<'a>(servers: &[&'a Arc<ServerRt>], n: u64) -> Option<&'a Arc<ServerRt>> {
+    let total: u64 = servers
+        .iter()
+        .map(|s| s.weight.load(Ordering::Relaxed).max(1) as u64)
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    // Interleave: walk slot `n % total` over the weights; consecutive n
+    // spread over servers because each server's share is contiguous only
+    // within one round, which keeps the computation O(servers).
+    let mut slot = n % total;
+    // Equal weights: plain rotation.
+    if servers.iter().all(|s| s.weight.load(Ordering::Relaxed) == servers[0].weight.load(Ordering::Relaxed)) {
+        return servers.get((n % servers.len() as u64) as usize).copied();
+    }
+    for s in servers {
+        let w = s.weight.load(Ordering::Relaxed).max(1) as u64;
+        if slot < w {
+            return Some(s);
+        }
+        slot -= w;
+    }
+    servers.last().copied()
+}

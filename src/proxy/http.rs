@@ -1,0 +1,584 @@
+//! The HTTP data path: one hyper connection per client (HTTP/1.1 or h2c),
+//! and per request: rules, backend choice, balancing, forwarding through the
+//! pooled upstream client, response rules, the access log.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use tokio::sync::mpsc;
+
+use super::log::{LogCtx, LogInfo, emit};
+use super::rules::{self, Flow, error_reply};
+use super::state::{ProxyRt, SessionGuard, World};
+use super::txn::{Phase, Reply, Session, Txn, header_value};
+use super::upstream::{Body, BoxError};
+use super::{balance, next_txn_id, select_backend};
+use crate::config::model::Mode;
+use crate::ext::{ExtRef, Facility, HttpApplet};
+
+/// Handles one HTTP request from a client of frontend `fe`.
+pub async fn handle(
+    world: Arc<World>,
+    fe: Arc<ProxyRt>,
+    sess: Arc<Session>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let request_line = format!("{} {} {}", parts.method, parts.uri, version_str(parts.version));
+    let mut txn = Txn::new(world, sess, fe.clone(), next_txn_id());
+    txn.phase = Phase::Request;
+    txn.req = Some(parts);
+    fe.counters.req_tot.fetch_add(1, Ordering::Relaxed);
+    let mut info = LogInfo::new();
+    info.t_request = Some(Duration::ZERO);
+    let mut body = Some(body);
+
+    if fe.config.options.buffer_request {
+        if let Some(b) = body.take() {
+            match b.collect().await {
+                Ok(c) => txn.req_body = Some(c.to_bytes()),
+                Err(_) => {
+                    info.term = *b"CR--";
+                    return Ok(finish_reply(txn, error_reply(400), info, request_line, None).await);
+                }
+            }
+        }
+    }
+
+    // tcp-request content rules also apply to HTTP streams.
+    let flow = match rules::run(&fe.config.tcp_request_content, Facility::TcpReq, &mut txn).await {
+        Flow::Next => rules::run(&fe.config.http_request, Facility::HttpReq, &mut txn).await,
+        other => other,
+    };
+    match flow {
+        Flow::Next => {}
+        Flow::Reply(r) => {
+            info.term = *b"PR--";
+            return Ok(finish_reply(txn, r, info, request_line, None).await);
+        }
+        Flow::Service(s) => return Ok(run_service(txn, s, body, info, request_line).await),
+        Flow::Close => return Ok(close_response(txn, info, request_line)),
+    }
+
+    // Backend selection.
+    let be = match select_backend(&fe, &mut txn) {
+        Some(be) => be,
+        None => {
+            info.term = *b"SC--";
+            return Ok(finish_reply(txn, error_reply(503), info, request_line, None).await);
+        }
+    };
+    txn.backend = Some(be.clone());
+    if !Arc::ptr_eq(&be, &fe) {
+        be.counters.req_tot.fetch_add(1, Ordering::Relaxed);
+        match rules::run(&be.config.http_request, Facility::HttpReq, &mut txn).await {
+            Flow::Next => {}
+            Flow::Reply(r) => {
+                info.term = *b"PR--";
+                return Ok(finish_reply(txn, r, info, request_line, None).await);
+            }
+            Flow::Service(s) => return Ok(run_service(txn, s, body, info, request_line).await),
+            Flow::Close => return Ok(close_response(txn, info, request_line)),
+        }
+    }
+    let be_guard = be.counters.open_session();
+
+    let Some(srv) = balance::pick(&be, txn.sess.src.ip()) else {
+        info.term = *b"SC--";
+        tracing::debug!(backend = %be.name, "no server available");
+        return Ok(finish_reply(txn, error_reply(503), info, request_line, Some(vec![be_guard])).await);
+    };
+    txn.server = Some(srv.clone());
+    info.t_queue = Some(Duration::ZERO);
+    let srv_guard = srv.counters.open_session();
+    let guards = vec![be_guard, srv_guard];
+
+    // Build the upstream request.
+    let Some(mut parts) = txn.req.clone() else {
+        return Ok(finish_reply(txn, error_reply(500), info, request_line, Some(guards)).await);
+    };
+    prepare_upstream_request(&mut parts, &fe, &txn, srv.addr);
+    let up_body: Body = match (txn.req_body.clone(), body.take()) {
+        (Some(b), _) => Full::new(b).map_err(|e: Infallible| -> BoxError { match e {} }).boxed(),
+        (None, Some(b)) => b.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
+        (None, None) => Full::new(Bytes::new()).map_err(|e: Infallible| -> BoxError { match e {} }).boxed(),
+    };
+    let up_req = Request::from_parts(parts, up_body);
+    let Some(upstream) = be.upstream.as_ref() else {
+        return Ok(finish_reply(txn, error_reply(503), info, request_line, Some(guards)).await);
+    };
+    let t0 = tokio::time::Instant::now();
+    let fut = upstream.client.request(up_req);
+    let result = match be.config.timeouts.server {
+        Some(t) => match tokio::time::timeout(t, fut).await {
+            Ok(r) => r.map_err(Some),
+            Err(_) => Err(None),
+        },
+        None => fut.await.map_err(Some),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(None) => {
+            info.term = *b"sH--";
+            srv.counters.eresp.fetch_add(1, Ordering::Relaxed);
+            be.counters.eresp.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(backend = %be.name, server = %srv.name, "server timeout: no response within 'timeout server'");
+            return Ok(finish_reply(txn, error_reply(504), info, request_line, Some(guards)).await);
+        }
+        Err(Some(e)) => {
+            let connect = e.is_connect();
+            let (status, term) = if connect { (503, *b"SC--") } else { (502, *b"SH--") };
+            info.term = term;
+            if connect {
+                srv.counters.econ.fetch_add(1, Ordering::Relaxed);
+                be.counters.econ.fetch_add(1, Ordering::Relaxed);
+            } else {
+                srv.counters.eresp.fetch_add(1, Ordering::Relaxed);
+                be.counters.eresp.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(backend = %be.name, server = %srv.name, "server error: {}", error_chain(&e));
+            return Ok(finish_reply(txn, error_reply(status), info, request_line, Some(guards)).await);
+        }
+    };
+    info.t_connect = Some(Duration::ZERO);
+    info.t_response = Some(t0.elapsed());
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    txn.phase = Phase::Response;
+    txn.res = Some(rparts);
+
+    // Response rules: backend first, then frontend.
+    let mut flow = rules::run(&be.config.http_response, Facility::HttpRes, &mut txn).await;
+    if matches!(flow, Flow::Next) && !Arc::ptr_eq(&be, &fe) {
+        flow = rules::run(&fe.config.http_response, Facility::HttpRes, &mut txn).await;
+    }
+    match flow {
+        Flow::Next => {}
+        Flow::Reply(r) => {
+            info.term = *b"PH--";
+            return Ok(finish_reply(txn, r, info, request_line, Some(guards)).await);
+        }
+        Flow::Service(_) | Flow::Close => return Ok(close_response(txn, info, request_line)),
+    }
+    let body: Body = rbody.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+    Ok(respond(txn, body, info, request_line, Some(guards)).await)
+}
+
+fn prepare_upstream_request(parts: &mut http::request::Parts, fe: &ProxyRt, txn: &Txn, addr: SocketAddr) {
+    // Host: keep the client's; h2 requests carry it in the URI authority.
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(ff) = &fe.config.options.forwardfor {
+        if let Ok(name) = HeaderName::from_bytes(ff.header.as_bytes()) {
+            if !(ff.if_none && parts.headers.contains_key(&name)) {
+                let ip = txn.sess.src.ip().to_string();
+                parts.headers.append(name, header_value(&ip));
+            }
+        }
+    }
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let pq = if pq.is_empty() { "/" } else { pq };
+    if let Ok(u) = format!("http://{addr}{pq}").parse::<Uri>() {
+        parts.uri = u;
+    }
+    parts.version = Version::HTTP_11;
+}
+
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP.iter() {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|e: Infallible| -> BoxError { match e {} })
+        .boxed()
+}
+
+/// Turns a reply into the response head it describes (the response rules
+/// see it as `txn.res`).
+fn reply_parts(reply: &Reply) -> http::response::Parts {
+    let mut b = Response::builder().status(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    if let Some(h) = b.headers_mut() {
+        for (n, v) in &reply.headers {
+            if let Ok(n) = HeaderName::from_bytes(n.as_bytes()) {
+                h.append(n, header_value(v));
+            }
+        }
+        if !h.contains_key(header::CONTENT_LENGTH) {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
+        }
+    }
+    match b.body(()) {
+        Ok(r) => r.into_parts().0,
+        Err(_) => Response::new(()).into_parts().0,
+    }
+}
+
+/// Sends a reply produced by the proxy (deny, return, redirect, errors),
+/// after the `http-after-response` rules.
+async fn finish_reply(
+    mut txn: Txn,
+    reply: Reply,
+    info: LogInfo,
+    request_line: String,
+    guards: Option<Vec<SessionGuard>>,
+) -> Response<Body> {
+    txn.phase = Phase::Response;
+    txn.res = Some(reply_parts(&reply));
+    let body = Full::new(reply.body)
+        .map_err(|e: Infallible| -> BoxError { match e {} })
+        .boxed();
+    respond(txn, body, info, request_line, guards).await
+}
+
+/// Runs `http-after-response`, counts, and wraps the body so the access log
+/// is written when the response ends.
+async fn respond(
+    mut txn: Txn,
+    body: Body,
+    mut info: LogInfo,
+    request_line: String,
+    guards: Option<Vec<SessionGuard>>,
+) -> Response<Body> {
+    let fe = txn.frontend.clone();
+    let _ = rules::run(&fe.config.http_after_response, Facility::HttpAfterRes, &mut txn).await;
+    if let Some(be) = txn.backend.clone() {
+        if !Arc::ptr_eq(&be, &fe) {
+            let _ = rules::run(&be.config.http_after_response, Facility::HttpAfterRes, &mut txn).await;
+        }
+    }
+    let mut parts = match txn.res.take() {
+        Some(p) => p,
+        None => Response::new(()).into_parts().0,
+    };
+    if fe.config.options.httpclose {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let status = parts.status.as_u16();
+    info.status = Some(status);
+    fe.counters.count_status(status);
+    if let Some(be) = &txn.backend {
+        if !Arc::ptr_eq(be, &fe) {
+            be.counters.count_status(status);
+        }
+    }
+    let log = if fe.config.options.httplog || fe.config.options.log {
+        Some(LogCtx::new(&txn, request_line, info))
+    } else {
+        None
+    };
+    let tracked = Tracked {
+        inner: body,
+        bytes: 0,
+        log,
+        guards,
+        fe_counters: fe.counters.clone(),
+        done: false,
+    };
+    Response::from_parts(parts, tracked.boxed())
+}
+
+fn close_response(txn: Txn, mut info: LogInfo, request_line: String) -> Response<Body> {
+    // hyper has no way to close without a response; answer an empty
+    // response with Connection: close.
+    info.term = *b"PR--";
+    info.status = Some(0);
+    if txn.frontend.config.options.httplog || txn.frontend.config.options.log {
+        emit(&LogCtx::new(&txn, request_line, info).http_line());
+    }
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Runs an HTTP service (`use-service`): the service runs in its own task;
+/// the response starts when it calls `start_response`.
+async fn run_service(
+    mut txn: Txn,
+    svc: ExtRef,
+    body: Option<Incoming>,
+    mut info: LogInfo,
+    request_line: String,
+) -> Response<Body> {
+    info.backend = Some(txn.frontend.name.clone());
+    info.server = Some(format!("<{}>", svc.full));
+    let Some(parts) = txn.req.clone() else {
+        return finish_reply(txn, error_reply(500), info, request_line, None).await;
+    };
+    let (mut applet, head_rx) = HttpApplet::new(&parts, body, txn.req_body.clone());
+    let Some(body_rx) = applet.take_body_receiver() else {
+        return finish_reply(txn, error_reply(500), info, request_line, None).await;
+    };
+    let task = tokio::spawn(async move {
+        let r = svc.ext.http_service(&svc.name, &mut txn, &mut applet).await;
+        if let Err(e) = &r {
+            tracing::warn!("service '{}' failed: {e}", svc.full);
+        }
+        let started = applet.started();
+        applet.finish();
+        (txn, r, started)
+    });
+    match head_rx.await {
+        Ok(head) => {
+            // The task keeps running and streams the body; the log line is
+            // written from its Txn when it ends.
+            let mut b = Response::builder().status(StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK));
+            if let Some(h) = b.headers_mut() {
+                for (n, v) in &head.headers {
+                    if let Ok(n) = HeaderName::from_bytes(n.as_bytes()) {
+                        h.append(n, header_value(v));
+                    }
+                }
+            }
+            let parts = match b.body(()) {
+                Ok(r) => r.into_parts().0,
+                Err(_) => Response::new(()).into_parts().0,
+            };
+            let body: Body = ChannelBody { rx: body_rx }.boxed();
+            respond_service(parts, body, info, request_line, task).await
+        }
+        Err(_) => {
+            // The service ended without starting a response: HAProxy
+            // answers 500.
+            match task.await {
+                Ok((txn, _, _)) => {
+                    info.term = *b"SD--";
+                    finish_reply(txn, error_reply(500), info, request_line, None).await
+                }
+                Err(e) => {
+                    tracing::error!("service task failed: {e}");
+                    let mut r = Response::new(empty());
+                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    r
+                }
+            }
+        }
+    }
+}
+
+type ServiceTask = tokio::task::JoinHandle<(Txn, Result<(), crate::ext::ExtError>, bool)>;
+
+async fn respond_service(
+    parts: http::response::Parts,
+    body: Body,
+    info: LogInfo,
+    request_line: String,
+    task: ServiceTask,
+) -> Response<Body> {
+    let status = parts.status.as_u16();
+    let tracked = ServiceTracked {
+        inner: body,
+        bytes: 0,
+        info: Some((info, request_line)),
+        task: Some(task),
+        status,
+    };
+    Response::from_parts(parts, tracked.boxed())
+}
+
+/// A body fed by a service through a channel.
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl HttpBody for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Wraps a response body: counts bytes, holds the session counters until
+/// the end, and writes the access log line when the body ends.
+struct Tracked {
+    inner: Body,
+    bytes: u64,
+    log: Option<LogCtx>,
+    guards: Option<Vec<SessionGuard>>,
+    fe_counters: Arc<super::state::Counters>,
+    done: bool,
+}
+
+impl Tracked {
+    fn finish(&mut self, aborted: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.fe_counters.bout.fetch_add(self.bytes, Ordering::Relaxed);
+        if let Some(mut l) = self.log.take() {
+            l.info.bytes_out = self.bytes;
+            if aborted && l.info.term == *b"----" {
+                l.info.term = *b"CD--";
+            }
+            emit(&l.http_line());
+        }
+        self.guards = None;
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.finish(false);
+                }
+            }
+            Poll::Ready(None) => self.finish(false),
+            Poll::Ready(Some(Err(_))) => self.finish(true),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.finish(true);
+    }
+}
+
+/// Like [`Tracked`] for service responses: the log line is written once the
+/// service task has finished.
+struct ServiceTracked {
+    inner: Body,
+    bytes: u64,
+    info: Option<(LogInfo, String)>,
+    task: Option<ServiceTask>,
+    status: u16,
+}
+
+impl ServiceTracked {
+    fn finish(&mut self) {
+        let (Some((mut info, line)), Some(task)) = (self.info.take(), self.task.take()) else {
+            return;
+        };
+        info.bytes_out = self.bytes;
+        info.status = Some(self.status);
+        tokio::spawn(async move {
+            if let Ok((txn, _, _)) = task.await {
+                txn.frontend.counters.count_status(info.status.unwrap_or(0));
+                if txn.frontend.config.options.httplog || txn.frontend.config.options.log {
+                    emit(&LogCtx::new(&txn, line, info).http_line());
+                }
+            }
+        });
+    }
+}
+
+impl HttpBody for ServiceTracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Pending => {}
+        }
+        r
+    }
+}
+
+impl Drop for ServiceTracked {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Whether a frontend serves HTTP.
+pub fn is_http(p: &ProxyRt) -> bool {
+    p.config.mode == Mode::Http
+}

@@ -1,0 +1,145 @@
+//! The HTTP data path: forwarding, keep-alive, h2c, errors.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use moonbox::ext::Registry;
+
+use crate::common::*;
+
+fn cfg(up: &str, extra_fe: &str, extra_be: &str) -> String {
+    format!(
+        "defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\
+         frontend fe\n  bind 127.0.0.1:0\n{extra_fe}\n  default_backend be\n\
+         backend be\n{extra_be}\n  server s1 {up}\n"
+    )
+}
+
+#[tokio::test]
+async fn forwards_requests_and_bodies() -> Result<()> {
+    let up = Upstream::start("up1", Behavior::Echo).await;
+    let p = start(&cfg(&up.addr.to_string(), "", ""), Registry::new()).await?;
+    let r = request(p.addr("fe"), "POST", "/a/b?x=1", &[("x-custom", "v")], "hello body").await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "up1\n");
+    assert_eq!(r.header("x-echo-path").as_deref(), Some("/a/b"));
+    assert_eq!(r.header("x-echo-query").as_deref(), Some("x=1"));
+    assert_eq!(r.header("x-echo-x-custom").as_deref(), Some("v"));
+    assert_eq!(r.header("x-echo-host").as_deref(), Some("test.local"));
+    assert_eq!(r.header("x-echo-body-len").as_deref(), Some("10"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn keep_alive_reuses_client_and_server_connections() -> Result<()> {
+    let up = Upstream::start("up1", Behavior::Echo).await;
+    let p = start(&cfg(&up.addr.to_string(), "", ""), Registry::new()).await?;
+    let raw_req = b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let out = raw(p.addr("fe"), raw_req).await?;
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    assert!(out.contains("x-echo-path: /1") && out.contains("x-echo-path: /2"), "{out}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served() -> Result<()> {
+    let up = Upstream::start("up1", Behavior::Echo).await;
+    let p = start(&cfg(&up.addr.to_string(), "", ""), Registry::new()).await?;
+    let stream = tokio::net::TcpStream::connect(p.addr("fe")).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("http://{}/h2/path", p.addr("fe")))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(
+        resp.headers().get("x-echo-path").and_then(|v| v.to_str().ok()),
+        Some("/h2/path")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn forwardfor_adds_client_address() -> Result<()> {
+    let up = Upstream::start("up1", Behavior::Echo).await;
+    let p = start(&cfg(&up.addr.to_string(), "  option forwardfor", ""), Registry::new()).await?;
+    let r = get(p.addr("fe"), "/").await?;
+    assert_eq!(r.header("x-echo-x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_request_gets_400() -> Result<()> {
+    let up = Upstream::start("up1", Behavior::Echo).await;
+    let p = start(&cfg(&up.addr.to_string(), "", ""), Registry::new()).await?;
+    let out = raw(p.addr("fe"), b"GET / HTTP/1.1\r\nHost a b c\r\n\r\n").await?;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let out = raw(p.addr("fe"), b"\x01\x02garbage\r\n\r\n").await?;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(up.hits(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() -> Result<()> {
+    let up = Upstream::start("up1", Behavior::Echo).await;
+    let p = start(&cfg(&up.addr.to_string(), "", ""), Registry::new()).await?;
+    let big = "x".repeat(64 * 1024);
+    let req = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
+    let out = raw(p.addr("fe"), req.as_bytes()).await?;
+    assert!(out.starts_with("HTTP/1.1 431"), "{}", &out[..out.len().min(200)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_server_down_gives_503() -> Result<()> {
+    // A port nothing listens on.
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let dead = l.local_addr()?;
+    drop(l);
+    let p = start(&cfg(&dead.to_string(), "", ""), Registry::new()).await?;
+    let r = get(p.addr("fe"), "/").await?;
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("503 Service Unavailable"), "{}", r.body);
+    // A backend without servers too.
+    let p2 = start(
+        "defaults\n  mode http\nfrontend fe\n  bind 127.0.0.1:0\n  default_backend empty\nbackend empty\n",
+        Registry::new(),
+    )
+    .await?;
+    assert_eq!(get(p2.addr("fe"), "/").await?.status, 503);
+    Ok(())
+}
+
+#[tokio::test]
+async fn upstream_timeout_gives_504() -> Result<()> {
+    let up = Upstream::start("slow", Behavior::Slow(Duration::from_secs(3))).await;
+    let c = format!(
+        "defaults\n  mode http\n  timeout connect 1s\n  timeout server 200ms\n\
+         frontend fe\n  bind 127.0.0.1:0\n  default_backend be\nbackend be\n  server s1 {}\n",
+        up.addr
+    );
+    let p = start(&c, Registry::new()).await?;
+    let r = get(p.addr("fe"), "/").await?;
+    assert_eq!(r.status, 504);
+    Ok(())
+}
+
+#[tokio::test]
+async fn upstream_status_is_passed_through_and_counted() -> Result<()> {
+    let up = Upstream::start("nf", Behavior::Status(404)).await;
+    let p = start(&cfg(&up.addr.to_string(), "", ""), Registry::new()).await?;
+    assert_eq!(get(p.addr("fe"), "/").await?.status, 404);
+    let w = p.proxy.world();
+    let be = w.backend("be").expect("backend");
+    let srv = be.server("s1").expect("server");
+    assert_eq!(moonbox::proxy::state::Counters::get(&srv.counters.stot), 1);
+    assert_eq!(moonbox::proxy::state::Counters::get(&be.counters.hrsp[3]), 1);
+    Ok(())
+}
