@@ -153,8 +153,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .global
         .nbthread
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    // One thread (`nbthread 1`): a single-threaded scheduler, as HAProxy
+    // runs; more: a work-stealing pool of that many workers.
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = builder
         .enable_all()
         .thread_name("proxy-worker")
         .build()

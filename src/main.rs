@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use moonbox::cli;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     cli::init_logging(args.quiet);

@@ -21,7 +21,7 @@ use super::log::{LogCtx, LogInfo, emit};
 use super::rules::{self, Flow, error_reply};
 use super::state::{ProxyRt, SessionGuard, World};
 use super::txn::{Phase, Reply, Session, Txn, header_value};
-use super::upstream::{Body, BoxError};
+use super::upstream::{self, Body, BoxError};
 use super::{balance, next_txn_id, select_backend};
 use crate::config::model::Mode;
 use crate::ext::{ExtRef, Facility, HttpApplet};
@@ -34,7 +34,11 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
-    let request_line = format!("{} {} {}", parts.method, parts.uri, version_str(parts.version));
+    let request_line = if logs(&fe) {
+        format!("{} {} {}", parts.method, parts.uri, version_str(parts.version))
+    } else {
+        String::new()
+    };
     let mut txn = Txn::new(world, sess, fe.clone(), next_txn_id());
     txn.phase = Phase::Request;
     txn.req = Some(parts);
@@ -103,10 +107,16 @@ pub async fn handle(
     let srv_guard = srv.counters.open_session();
     let guards = vec![be_guard, srv_guard];
 
-    // Build the upstream request.
-    let Some(mut parts) = txn.req.clone() else {
+    // Build the upstream request. The request headers move to the server,
+    // as in HAProxy: response rules no longer see them.
+    let Some(req) = txn.req.as_mut() else {
         return Ok(finish_reply(txn, error_reply(500), info, request_line, Some(guards)).await);
     };
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = req.method.clone();
+    parts.uri = req.uri.clone();
+    parts.version = req.version;
+    parts.headers = std::mem::take(&mut req.headers);
     prepare_upstream_request(&mut parts, &fe, &txn, srv.addr);
     let up_body: Body = match (txn.req_body.clone(), body.take()) {
         (Some(b), _) => Full::new(b).map_err(|e: Infallible| -> BoxError { match e {} }).boxed(),
@@ -114,11 +124,8 @@ pub async fn handle(
         (None, None) => Full::new(Bytes::new()).map_err(|e: Infallible| -> BoxError { match e {} }).boxed(),
     };
     let up_req = Request::from_parts(parts, up_body);
-    let Some(upstream) = be.upstream.as_ref() else {
-        return Ok(finish_reply(txn, error_reply(503), info, request_line, Some(guards)).await);
-    };
     let t0 = tokio::time::Instant::now();
-    let fut = upstream.client.request(up_req);
+    let fut = upstream::send(&srv.pool, srv.addr, be.config.timeouts.connect, up_req);
     let result = match be.config.timeouts.server {
         Some(t) => match tokio::time::timeout(t, fut).await {
             Ok(r) => r.map_err(Some),
@@ -170,8 +177,7 @@ pub async fn handle(
         }
         Flow::Service(_) | Flow::Close => return Ok(close_response(txn, info, request_line)),
     }
-    let body: Body = rbody.map_err(|e| -> BoxError { Box::new(e) }).boxed();
-    Ok(respond(txn, body, info, request_line, Some(guards)).await)
+    Ok(respond(txn, rbody, info, request_line, Some(guards)).await)
 }
 
 fn prepare_upstream_request(parts: &mut http::request::Parts, fe: &ProxyRt, txn: &Txn, addr: SocketAddr) {
@@ -325,7 +331,7 @@ async fn respond(
             be.counters.count_status(status);
         }
     }
-    let log = if fe.config.options.httplog || fe.config.options.log {
+    let log = if logs(&fe) {
         Some(LogCtx::new(&txn, request_line, info))
     } else {
         None
@@ -576,6 +582,11 @@ impl Drop for ServiceTracked {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// Whether the frontend writes access logs.
+fn logs(fe: &ProxyRt) -> bool {
+    fe.config.options.httplog || fe.config.options.log
 }
 
 /// Whether a frontend serves HTTP.

@@ -404,6 +404,7 @@ async fn serve_http(g: Arc<Generation>, fe: Arc<ProxyRt>, sess: Arc<Session>, st
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .keep_alive(true)
+        .writev(false)
         .max_buf_size(BUFSIZE);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(BUFSIZE as u32);
     let svc = service_fn(move |req| http::handle(world.clone(), fe.clone(), sess.clone(), req));

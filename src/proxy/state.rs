@@ -127,6 +127,8 @@ pub struct ServerRt {
     pub last_change: AtomicU64,
     /// Position within its backend (HAProxy's `puid`).
     pub puid: u32,
+    /// Idle HTTP connections to this server.
+    pub pool: Arc<super::upstream::Pool>,
 }
 
 impl ServerRt {
@@ -150,6 +152,7 @@ impl ServerRt {
             counters: Arc::new(Counters::default()),
             last_change: AtomicU64::new(unix_now()),
             puid,
+            pool: Arc::new(super::upstream::Pool::default()),
             config,
         }
     }
@@ -190,8 +193,6 @@ pub struct ProxyRt {
     /// Round-robin cursor.
     pub rr: AtomicU64,
     pub uuid: u32,
-    /// The HTTP client towards this backend's servers.
-    pub upstream: Option<super::upstream::Upstream>,
 }
 
 impl ProxyRt {
@@ -203,15 +204,12 @@ impl ProxyRt {
             .enumerate()
             .map(|(i, s)| Arc::new(ServerRt::new(s.clone(), i as u32 + 1)))
             .collect();
-        let upstream = (config.is_backend() && config.mode == Mode::Http)
-            .then(|| super::upstream::Upstream::new(config.timeouts.connect));
         ProxyRt {
             name: config.name.clone(),
             servers,
             counters: Arc::new(Counters::default()),
             rr: AtomicU64::new(0),
             uuid,
-            upstream,
             config,
         }
     }

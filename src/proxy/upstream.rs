@@ -1,38 +1,214 @@
-//! The HTTP client towards servers: HTTP/1.1 with keep-alive and a
-//! connection pool per server address.
+//! The HTTP client towards servers: HTTP/1.1 keep-alive connections kept in
+//! a pool per server. A connection is driven by the request that uses it
+//! (no task per connection): the request polls it until the response head
+//! arrives, then the response body polls it until the body ends, and the
+//! connection goes back to the pool.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
 
 /// Error type of bodies moved through the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type the proxy sends and receives.
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// A pooled HTTP/1.1 client for one backend.
-#[derive(Clone, Debug)]
-pub struct Upstream {
-    pub client: Client<HttpConnector, Body>,
+type Driver = http1::Connection<TokioIo<TcpStream>, Body>;
+
+/// One keep-alive connection to a server.
+struct Conn {
+    tx: http1::SendRequest<Body>,
+    driver: Pin<Box<Driver>>,
 }
 
-impl Upstream {
-    pub fn new(connect_timeout: Option<Duration>) -> Upstream {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(connect_timeout);
-        conn.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(usize::MAX)
-            .retry_canceled_requests(true)
-            .set_host(true)
-            .build(conn);
-        Upstream { client }
+/// Idle connections to one server.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<Vec<Conn>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("idle", &self.idle.lock().len()).finish()
+    }
+}
+
+/// The most idle connections kept per server.
+const MAX_IDLE: usize = 1024;
+
+impl Pool {
+    fn take(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock();
+        while let Some(c) = idle.pop() {
+            if !c.tx.is_closed() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put(&self, c: Conn) {
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(c);
+        }
+    }
+
+    /// Number of idle connections.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().len()
+    }
+}
+
+/// Why a request to a server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connection failed: {0}")]
+    Connect(std::io::Error),
+    #[error("connect timeout")]
+    ConnectTimeout,
+    #[error("{0}")]
+    Http(hyper::Error),
+}
+
+impl UpstreamError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout)
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<Conn, UpstreamError> {
+    let fut = TcpStream::connect(addr);
+    let stream = match timeout {
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?,
+        None => fut.await,
+    }
+    .map_err(UpstreamError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let (tx, driver) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(UpstreamError::Http)?;
+    Ok(Conn {
+        tx,
+        driver: Box::pin(driver),
+    })
+}
+
+/// Sends a request to the server at `addr` over a pooled connection (or a
+/// new one). A request that could not be written on a reused connection
+/// (closed by the server meanwhile) is retried once on a new connection.
+pub async fn send(
+    pool: &Arc<Pool>,
+    addr: SocketAddr,
+    connect_timeout: Option<Duration>,
+    mut req: http::Request<Body>,
+) -> Result<http::Response<Body>, UpstreamError> {
+    loop {
+        let (mut conn, reused) = match pool.take() {
+            Some(c) => (c, true),
+            None => (connect(addr, connect_timeout).await?, false),
+        };
+        let result = {
+            let Conn { tx, driver } = &mut conn;
+            let fut = tx.try_send_request(req);
+            let mut fut = std::pin::pin!(fut);
+            std::future::poll_fn(|cx| {
+                // Drive the connection, then look for the response head.
+                let closed = driver.as_mut().poll(cx).is_ready();
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(r) => Poll::Ready(Some(r)),
+                    Poll::Pending if closed => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await
+        };
+        match result {
+            Some(Ok(resp)) => {
+                let (parts, incoming) = resp.into_parts();
+                let body = UpstreamBody {
+                    inner: incoming,
+                    conn: Some(conn),
+                    pool: pool.clone(),
+                };
+                return Ok(http::Response::from_parts(parts, BoxBody::new(body)));
+            }
+            Some(Err(mut e)) => match e.take_message() {
+                Some(r) if reused => {
+                    req = r;
+                    continue;
+                }
+                _ => return Err(UpstreamError::Http(e.into_error())),
+            },
+            None => {
+                return Err(UpstreamError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection closed before the response",
+                )));
+            }
+        }
+    }
+}
+
+/// A response body that drives its connection and returns it to the pool
+/// when the body ends.
+struct UpstreamBody {
+    inner: Incoming,
+    conn: Option<Conn>,
+    pool: Arc<Pool>,
+}
+
+impl UpstreamBody {
+    fn release(&mut self, cx: &mut Context<'_>) {
+        if let Some(mut c) = self.conn.take() {
+            // Let the connection notice the end of the message.
+            if c.driver.as_mut().poll(cx).is_pending() && c.tx.is_ready() {
+                self.pool.put(c);
+            }
+        }
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(c) = self.conn.as_mut() {
+            if c.driver.as_mut().poll(cx).is_ready() {
+                // The connection ended; the body reports how.
+                self.conn = None;
+            }
+        }
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => self.release(cx),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(cx),
+            Poll::Ready(Some(Err(_))) => self.conn = None,
+            _ => {}
+        }
+        r.map(|o| o.map(|r| r.map_err(|e| -> BoxError { Box::new(e) })))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
