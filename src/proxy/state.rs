@@ -176,6 +176,30 @@ impl ServerRt {
             && self.weight.load(Ordering::Relaxed) > 0
     }
 
+    /// The server's line of HAProxy's stats (`show stat`), as name/value
+    /// pairs: what `Server:get_stats()` returns.
+    pub fn stats(&self, proxy: &ProxyRt) -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            ("pxname", proxy.name.clone()),
+            ("svname", self.name.clone()),
+            ("iid", proxy.uuid.to_string()),
+            ("sid", self.puid.to_string()),
+            ("type", "2".to_string()),
+            ("addr", self.addr.to_string()),
+            ("status", self.state().as_str().to_string()),
+            ("weight", self.weight.load(Ordering::Relaxed).to_string()),
+            ("act", u8::from(!self.config.backup).to_string()),
+            ("bck", u8::from(self.config.backup).to_string()),
+            ("check_status", if self.config.check { "L4OK" } else { "" }.to_string()),
+            ("lastchg", (unix_now().saturating_sub(self.last_change.load(Ordering::Relaxed))).to_string()),
+            ("slim", self.maxconn.load(Ordering::Relaxed).to_string()),
+            ("qcur", "0".to_string()),
+            ("qmax", "0".to_string()),
+        ];
+        v.extend(counter_stats(&self.counters));
+        v
+    }
+
     /// Whether a new connection stays within `maxconn` (0 = unlimited).
     pub fn has_room(&self) -> bool {
         let max = self.maxconn.load(Ordering::Relaxed) as u64;
@@ -232,6 +256,55 @@ impl ProxyRt {
     pub fn server(&self, name: &str) -> Option<&Arc<ServerRt>> {
         self.servers.iter().find(|s| s.name == name)
     }
+
+    /// The proxy's line of HAProxy's stats (FRONTEND or BACKEND): what
+    /// `Proxy:get_stats()` returns.
+    pub fn stats(&self) -> Vec<(&'static str, String)> {
+        // A listen section reports as a backend (its servers' summary).
+        let backend = self.is_backend();
+        let mut v = vec![
+            ("pxname", self.name.clone()),
+            ("svname", if backend { "BACKEND" } else { "FRONTEND" }.to_string()),
+            ("iid", self.uuid.to_string()),
+            ("type", if backend { "1" } else { "0" }.to_string()),
+            ("mode", match self.config.mode { Mode::Http => "http", Mode::Tcp => "tcp" }.to_string()),
+            ("status", if !backend || self.nbsrv() > 0 { "UP" } else { "DOWN" }.to_string()),
+            (
+                "act",
+                self.servers.iter().filter(|s| !s.config.backup && s.usable()).count().to_string(),
+            ),
+            (
+                "bck",
+                self.servers.iter().filter(|s| s.config.backup && s.usable()).count().to_string(),
+            ),
+            ("slim", self.config.maxconn.unwrap_or(0).to_string()),
+        ];
+        v.extend(counter_stats(&self.counters));
+        v
+    }
+}
+
+fn counter_stats(c: &Counters) -> Vec<(&'static str, String)> {
+    let g = |a: &AtomicU64| Counters::get(a).to_string();
+    vec![
+        ("scur", g(&c.scur)),
+        ("smax", g(&c.smax)),
+        ("stot", g(&c.stot)),
+        ("bin", g(&c.bin)),
+        ("bout", g(&c.bout)),
+        ("dreq", g(&c.dreq)),
+        ("econ", g(&c.econ)),
+        ("eresp", g(&c.eresp)),
+        ("chkfail", g(&c.chkfail)),
+        ("chkdown", g(&c.chkdown)),
+        ("req_tot", g(&c.req_tot)),
+        ("hrsp_1xx", g(&c.hrsp[0])),
+        ("hrsp_2xx", g(&c.hrsp[1])),
+        ("hrsp_3xx", g(&c.hrsp[2])),
+        ("hrsp_4xx", g(&c.hrsp[3])),
+        ("hrsp_5xx", g(&c.hrsp[4])),
+        ("hrsp_other", g(&c.hrsp[5])),
+    ]
 }
 
 /// Everything the running proxy knows, shared by all connections of one

@@ -171,9 +171,13 @@ pub fn parse_leading_int(s: &str) -> Option<i64> {
 
 pub mod vars;
 pub use vars::{Scope, VarName, Vars};
+pub mod conv;
 pub mod expr;
+pub mod fetch;
 pub mod logformat;
 pub mod map;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 /// What parsing an expression needs to resolve names and load files.
 pub struct ParseCtx<'a> {
