@@ -71,7 +71,9 @@ enum Source {
 
 impl Source {
     fn load(&self) -> Result<Loaded, ConfigErrors> {
-        let mut loader = |_: &config::model::Global, _: &mut Registry| -> Result<(), Vec<ConfigError>> { Ok(()) };
+        let mut loader = |_: &config::model::Global,
+                          _: &mut Registry|
+         -> Result<(), Vec<ConfigError>> { Ok(()) };
         match self {
             Source::Files(f) => config::load(f, Registry::new(), &mut loader),
             Source::Text(t) => config::load_sources(
@@ -101,9 +103,9 @@ pub fn quick_config(listen: &str, backend: Option<&str>) -> anyhow::Result<Strin
         if uri.scheme_str().is_some_and(|s| s != "http") {
             bail!("backend URL '{url}' must use http://");
         }
-        let host = uri
-            .host()
-            .with_context(|| format!("backend URL '{url}' has no host, expected http://HOST:PORT"))?;
+        let host = uri.host().with_context(|| {
+            format!("backend URL '{url}' has no host, expected http://HOST:PORT")
+        })?;
         let port = uri.port_u16().unwrap_or(80);
         s.push_str("    default_backend app\n\n");
         s.push_str(&format!("backend app\n    server app1 {host}:{port}\n"));
@@ -125,7 +127,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Source::Files(args.files.clone())
     } else if args.listen.is_some() || args.backend.is_some() || args.print_config {
-        let listen = args.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".to_string());
+        let listen = args
+            .listen
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:8080".to_string());
         Source::Text(quick_config(&listen, args.backend.as_deref())?)
     } else {
         bail!("no configuration: use -f FILE, or --listen ADDR --backend URL (see --help)");
@@ -148,11 +153,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("Configuration file is valid");
         return Ok(ExitCode::SUCCESS);
     }
-    let threads = loaded
-        .config
-        .global
-        .nbthread
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let threads = loaded.config.global.nbthread.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     // One thread (`nbthread 1`): a single-threaded scheduler, as HAProxy
     // runs; more: a work-stealing pool of that many workers.
     let mut builder = if threads == 1 {

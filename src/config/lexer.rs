@@ -83,7 +83,10 @@ fn lex_line(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Strin
                         let next = chars.get(i + 1).copied();
                         match next {
                             None => {
-                                return Err("a backslash ends the line; expected a character to escape".into());
+                                return Err(
+                                    "a backslash ends the line; expected a character to escape"
+                                        .into(),
+                                );
                             }
                             Some('n') => cur.push('\n'),
                             Some('r') => cur.push('\r'),
@@ -91,12 +94,28 @@ fn lex_line(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Strin
                             Some('x') => {
                                 let hex: String = chars.iter().skip(i + 2).take(2).collect();
                                 let v = u8::from_str_radix(&hex, 16).map_err(|_| {
-                                    format!("invalid escape '\\x{hex}', expected two hexadecimal digits")
+                                    format!(
+                                        "invalid escape '\\x{hex}', expected two hexadecimal digits"
+                                    )
                                 })?;
                                 cur.push(v as char);
                                 i += 2;
                             }
-                            Some(other) => cur.push(other),
+                            // HAProxy keeps unknown escapes as written (`\1`, `\.`).
+                            Some(other)
+                                if other == ' '
+                                    || other == '#'
+                                    || other == '\\'
+                                    || other == '"'
+                                    || other == '\''
+                                    || other == '$' =>
+                            {
+                                cur.push(other)
+                            }
+                            Some(other) => {
+                                cur.push('\\');
+                                cur.push(other);
+                            }
                         }
                         i += 2;
                     }
@@ -113,9 +132,14 @@ fn lex_line(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Strin
                         i += 1;
                     }
                     '$' if quote == Quote::Double && chars.get(i + 1) == Some(&'{') => {
-                        let close = chars[i + 2..].iter().position(|&c| c == '}').ok_or_else(|| {
-                            "unterminated '${', expected '}' after the variable name".to_string()
-                        })?;
+                        let close =
+                            chars[i + 2..]
+                                .iter()
+                                .position(|&c| c == '}')
+                                .ok_or_else(|| {
+                                    "unterminated '${', expected '}' after the variable name"
+                                        .to_string()
+                                })?;
                         let inner: String = chars[i + 2..i + 2 + close].iter().collect();
                         let (name, default) = match inner.split_once('-') {
                             Some((n, d)) => (n.to_string(), Some(d.to_string())),
@@ -127,9 +151,7 @@ fn lex_line(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Strin
                             None => (name, false),
                         };
                         if name.is_empty()
-                            || !name
-                                .chars()
-                                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                         {
                             return Err(format!(
                                 "invalid environment variable name '{name}', expected letters, digits or '_'"
@@ -213,8 +235,16 @@ mod tests {
 
     #[test]
     fn errors_say_what_was_expected() {
-        assert!(lex_line(r#"a "b"#, &env).unwrap_err().contains("expected a closing"));
-        assert!(lex_line(r#""${X""#, &env).unwrap_err().contains("expected '}'"));
+        assert!(
+            lex_line(r#"a "b"#, &env)
+                .unwrap_err()
+                .contains("expected a closing")
+        );
+        assert!(
+            lex_line(r#""${X""#, &env)
+                .unwrap_err()
+                .contains("expected '}'")
+        );
         assert!(lex_line("a \\", &env).unwrap_err().contains("backslash"));
     }
 }

@@ -300,26 +300,57 @@ pub struct ReturnSpec {
 /// The actions rules can take.
 #[derive(Debug, Clone)]
 pub enum Action {
-    SetHeader { name: String, value: LogFormat },
-    AddHeader { name: String, value: LogFormat },
-    DelHeader { name: String },
-    ReplaceHeader { name: String, regex: regex::Regex, replace: LogFormat },
-    ReplaceValue { name: String, regex: regex::Regex, replace: LogFormat },
+    SetHeader {
+        name: String,
+        value: LogFormat,
+    },
+    AddHeader {
+        name: String,
+        value: LogFormat,
+    },
+    DelHeader {
+        name: String,
+    },
+    ReplaceHeader {
+        name: String,
+        regex: regex::Regex,
+        replace: LogFormat,
+    },
+    ReplaceValue {
+        name: String,
+        regex: regex::Regex,
+        replace: LogFormat,
+    },
     SetPath(LogFormat),
     SetQuery(LogFormat),
     SetUri(LogFormat),
     SetMethod(LogFormat),
-    SetStatus { code: u16, reason: Option<String> },
-    SetVar { var: VarName, expr: Expr },
-    SetVarFmt { var: VarName, fmt: LogFormat },
+    SetStatus {
+        code: u16,
+        reason: Option<String>,
+    },
+    SetVar {
+        var: VarName,
+        expr: Expr,
+    },
+    SetVarFmt {
+        var: VarName,
+        fmt: LogFormat,
+    },
     UnsetVar(VarName),
     Redirect(Redirect),
-    Deny { status: u16 },
+    Deny {
+        status: u16,
+    },
     Return(ReturnSpec),
     /// `use-service NAME` (an extension's service).
     UseService(ExtRef),
     /// `NS.NAME [ARGS]`: an extension's action.
-    Ext { r: ExtRef, facility: Facility, args: Vec<String> },
+    Ext {
+        r: ExtRef,
+        facility: Facility,
+        args: Vec<String>,
+    },
     /// `accept` / `allow`: stop evaluating this rule set.
     Allow,
     /// `reject`: close the connection.

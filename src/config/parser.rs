@@ -80,7 +80,11 @@ pub struct Loaded {
 pub type ExtLoader<'a> = dyn FnMut(&Global, &mut Registry) -> Result<(), Vec<ConfigError>> + 'a;
 
 /// Reads, parses and checks configuration files.
-pub fn load(files: &[PathBuf], registry: Registry, loader: &mut ExtLoader<'_>) -> Result<Loaded, ConfigErrors> {
+pub fn load(
+    files: &[PathBuf],
+    registry: Registry,
+    loader: &mut ExtLoader<'_>,
+) -> Result<Loaded, ConfigErrors> {
     let mut sources = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(f).map_err(|e| {
@@ -191,7 +195,10 @@ pub fn load_sources(
                 if proxies.iter().any(|q| q.name == p.name) {
                     errors.push(ConfigError::at(
                         &s.loc,
-                        format!("proxy '{}' is declared twice, expected unique names", p.name),
+                        format!(
+                            "proxy '{}' is declared twice, expected unique names",
+                            p.name
+                        ),
                     ));
                 }
                 proxies.push(p);
@@ -381,7 +388,12 @@ const GLOBAL_ACCEPTED: &[&str] = &[
     "httpclient.timeout.connect",
 ];
 
-fn global_directive(base_dir: &Path, loc: &Loc, w: &[String], g: &mut Global) -> Result<(), String> {
+fn global_directive(
+    base_dir: &Path,
+    loc: &Loc,
+    w: &[String],
+    g: &mut Global,
+) -> Result<(), String> {
     let kw = w[0].as_str();
     match kw {
         "daemon" => g.daemon = true,
@@ -391,7 +403,9 @@ fn global_directive(base_dir: &Path, loc: &Loc, w: &[String], g: &mut Global) ->
                 .parse()
                 .ok()
                 .filter(|v| (1..=1024).contains(v))
-                .ok_or_else(|| format!("'nbthread' expects a number of threads from 1 to 1024, got '{n}'"))?;
+                .ok_or_else(|| {
+                    format!("'nbthread' expects a number of threads from 1 to 1024, got '{n}'")
+                })?;
             g.nbthread = Some(v);
         }
         "maxconn" => {
@@ -402,9 +416,9 @@ fn global_directive(base_dir: &Path, loc: &Loc, w: &[String], g: &mut Global) ->
             );
         }
         "lua-load" | "lua-load-per-thread" => {
-            let file = w
-                .get(1)
-                .ok_or_else(|| format!("'{kw}' expects a file name, expected '{kw} FILE [ARGS...]'"))?;
+            let file = w.get(1).ok_or_else(|| {
+                format!("'{kw}' expects a file name, expected '{kw} FILE [ARGS...]'")
+            })?;
             g.lua_loads.push(LuaLoad {
                 file: resolve_path(base_dir, file),
                 args: w[2..].to_vec(),
@@ -413,9 +427,9 @@ fn global_directive(base_dir: &Path, loc: &Loc, w: &[String], g: &mut Global) ->
             });
         }
         "lua-prepend-path" => {
-            let path = w
-                .get(1)
-                .ok_or("'lua-prepend-path' expects a path, expected 'lua-prepend-path PATH [path|cpath]'")?;
+            let path = w.get(1).ok_or(
+                "'lua-prepend-path' expects a path, expected 'lua-prepend-path PATH [path|cpath]'",
+            )?;
             let kind = w.get(2).map(String::as_str).unwrap_or("path");
             if kind != "path" && kind != "cpath" {
                 return Err(format!(
@@ -427,7 +441,11 @@ fn global_directive(base_dir: &Path, loc: &Loc, w: &[String], g: &mut Global) ->
         "setenv" | "presetenv" => {
             let (name, value) = match w {
                 [_, n, v] => (n, v),
-                _ => return Err(format!("'{kw}' expects a name and a value, expected '{kw} NAME VALUE'")),
+                _ => {
+                    return Err(format!(
+                        "'{kw}' expects a name and a value, expected '{kw} NAME VALUE'"
+                    ));
+                }
             };
             if kw == "presetenv" && std::env::var_os(name).is_some() {
                 return Ok(());
@@ -443,9 +461,7 @@ fn global_directive(base_dir: &Path, loc: &Loc, w: &[String], g: &mut Global) ->
         }
         "ext-load" => g.ext_loads.push(parse_ext_load(base_dir, loc, w)?),
         _ if kw.starts_with("tune.") => {
-            let v = w
-                .get(1)
-                .ok_or_else(|| format!("'{kw}' expects a value"))?;
+            let v = w.get(1).ok_or_else(|| format!("'{kw}' expects a value"))?;
             check_tune(kw, v)?;
             g.tune.push((kw.to_string(), v.clone(), loc.clone()));
         }
@@ -509,15 +525,24 @@ fn parse_ext_load(base_dir: &Path, loc: &Loc, w: &[String]) -> Result<ExtLoad, S
         match w[i].as_str() {
             "as" => {
                 let ns = val(i, "a namespace")?;
-                if ns.is_empty() || !ns.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                    return Err(format!("invalid namespace '{ns}', expected letters, digits, '_' or '-'"));
+                if ns.is_empty()
+                    || !ns
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    return Err(format!(
+                        "invalid namespace '{ns}', expected letters, digits, '_' or '-'"
+                    ));
                 }
                 e.namespace = ns.clone();
                 i += 2;
             }
             "fuel" => {
                 let v = val(i, "a number")?;
-                e.fuel = Some(v.parse().map_err(|_| format!("'fuel' expects a number, got '{v}'"))?);
+                e.fuel = Some(
+                    v.parse()
+                        .map_err(|_| format!("'fuel' expects a number, got '{v}'"))?,
+                );
                 i += 2;
             }
             "timeout" => {
@@ -530,19 +555,21 @@ fn parse_ext_load(base_dir: &Path, loc: &Loc, w: &[String]) -> Result<ExtLoad, S
             }
             "instances" => {
                 let v = val(i, "a number")?;
-                e.instances = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| format!("'instances' expects a positive number, got '{v}'"))?,
-                );
+                e.instances =
+                    Some(v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("'instances' expects a positive number, got '{v}'")
+                    })?);
                 i += 2;
             }
             "isolation" => {
                 e.isolation = match val(i, "pooled or per-request")?.as_str() {
                     "pooled" => Isolation::Pooled,
                     "per-request" => Isolation::PerRequest,
-                    o => return Err(format!("'isolation' expects pooled or per-request, got '{o}'")),
+                    o => {
+                        return Err(format!(
+                            "'isolation' expects pooled or per-request, got '{o}'"
+                        ));
+                    }
                 };
                 i += 2;
             }
@@ -551,7 +578,11 @@ fn parse_ext_load(base_dir: &Path, loc: &Loc, w: &[String]) -> Result<ExtLoad, S
                     "continue" => OnError::Continue,
                     "deny" => OnError::Deny,
                     "500" => OnError::Status500,
-                    o => return Err(format!("'on-error' expects continue, deny or 500, got '{o}'")),
+                    o => {
+                        return Err(format!(
+                            "'on-error' expects continue, deny or 500, got '{o}'"
+                        ));
+                    }
                 };
                 i += 2;
             }
@@ -727,7 +758,9 @@ impl ProxyParser<'_, '_> {
                 self.p.mode = match one_arg(w)? {
                     "http" => Mode::Http,
                     "tcp" => Mode::Tcp,
-                    other => return Err(format!("unknown mode '{other}', expected 'http' or 'tcp'")),
+                    other => {
+                        return Err(format!("unknown mode '{other}', expected 'http' or 'tcp'"));
+                    }
                 }
             }
             "bind" => {
@@ -790,7 +823,10 @@ impl ProxyParser<'_, '_> {
                         self.p.tcp_response_content.push(r);
                     }
                     Some("inspect-delay") => {
-                        parse_time(w.get(2).ok_or("'tcp-response inspect-delay' expects a time")?)?;
+                        parse_time(
+                            w.get(2)
+                                .ok_or("'tcp-response inspect-delay' expects a time")?,
+                        )?;
                     }
                     _ => return Err("'tcp-response' expects 'content' or 'inspect-delay'".into()),
                 }
@@ -836,14 +872,21 @@ impl ProxyParser<'_, '_> {
                 self.need_backend(kw)?;
                 let s = self.server(loc, w)?;
                 if self.p.servers.iter().any(|o| o.name == s.name) {
-                    return Err(format!("server '{}' is declared twice in this backend, expected unique names", s.name));
+                    return Err(format!(
+                        "server '{}' is declared twice in this backend, expected unique names",
+                        s.name
+                    ));
                 }
                 self.p.servers.push(s);
             }
             "default-server" => {
                 self.need_backend(kw)?;
                 // Validate now with a placeholder name and address.
-                let mut probe = vec!["server".to_string(), "x".to_string(), "127.0.0.1:1".to_string()];
+                let mut probe = vec![
+                    "server".to_string(),
+                    "x".to_string(),
+                    "127.0.0.1:1".to_string(),
+                ];
                 probe.extend_from_slice(&w[1..]);
                 self.server(loc, &probe)?;
                 self.default_server.words.extend_from_slice(&w[1..]);
@@ -874,7 +917,10 @@ impl ProxyParser<'_, '_> {
             .get(1)
             .ok_or("'bind' expects an address, expected 'bind ADDR:PORT [options]'")?;
         for part in spec.split(',') {
-            let part = part.strip_prefix("ipv4@").or_else(|| part.strip_prefix("ipv6@")).unwrap_or(part);
+            let part = part
+                .strip_prefix("ipv4@")
+                .or_else(|| part.strip_prefix("ipv6@"))
+                .unwrap_or(part);
             let addr = parse_bind_addr(part)?;
             self.p.binds.push(Bind {
                 addr,
@@ -884,9 +930,14 @@ impl ProxyParser<'_, '_> {
         let mut i = 2;
         while i < w.len() {
             match w[i].as_str() {
-                "name" | "alpn" | "proto" | "process" | "thread" | "maxconn" | "backlog" | "id" | "nice"
-                | "tcp-ut" | "mss" | "interface" | "namespace" => i += 2,
-                "v4v6" | "v6only" | "transparent" | "defer-accept" | "tfo" | "accept-netscaler-cip" => i += 1,
+                "name" | "alpn" | "proto" | "process" | "thread" | "maxconn" | "backlog" | "id"
+                | "nice" | "tcp-ut" | "mss" | "interface" | "namespace" => i += 2,
+                "v4v6"
+                | "v6only"
+                | "transparent"
+                | "defer-accept"
+                | "tfo"
+                | "accept-netscaler-cip" => i += 1,
                 "ssl" | "crt" | "ca-file" | "verify" => {
                     return Err(format!(
                         "bind option '{}' is not supported: TLS termination is not available, expected a plain TCP bind",
@@ -910,7 +961,10 @@ impl ProxyParser<'_, '_> {
         let which = w
             .get(1)
             .ok_or("'timeout' expects a name and a time, expected 'timeout connect|client|server|http-request|http-keep-alive|queue|tunnel|check TIME'")?;
-        let t = parse_time(w.get(2).ok_or_else(|| format!("'timeout {which}' expects a time, such as 5s or 500ms"))?)?;
+        let t =
+            parse_time(w.get(2).ok_or_else(|| {
+                format!("'timeout {which}' expects a time, such as 5s or 500ms")
+            })?)?;
         let t = Some(t);
         let to = &mut self.p.timeouts;
         match which.as_str() {
@@ -933,10 +987,7 @@ impl ProxyParser<'_, '_> {
     }
 
     fn option(&mut self, w: &[String], on: bool) -> Result<(), String> {
-        let name = w
-            .get(1)
-            .ok_or("'option' expects a name")?
-            .as_str();
+        let name = w.get(1).ok_or("'option' expects a name")?.as_str();
         let o = &mut self.p.options;
         match name {
             "forwardfor" => {
@@ -1030,9 +1081,9 @@ impl ProxyParser<'_, '_> {
                 };
                 match rest {
                     [k, v] if k == "status" && !neg => {
-                        let code = v
-                            .parse()
-                            .map_err(|_| format!("'http-check expect status' expects a status code, got '{v}'"))?;
+                        let code = v.parse().map_err(|_| {
+                            format!("'http-check expect status' expects a status code, got '{v}'")
+                        })?;
                         let hc = self.p.options.httpchk.get_or_insert(HttpCheck {
                             method: "OPTIONS".into(),
                             uri: "/".into(),
@@ -1051,12 +1102,12 @@ impl ProxyParser<'_, '_> {
     }
 
     fn server(&mut self, loc: &Loc, w: &[String]) -> Result<ServerConfig, String> {
-        let name = w
-            .get(1)
-            .ok_or("'server' expects a name and an address, expected 'server NAME ADDR:PORT [options]'")?;
-        let addr = w
-            .get(2)
-            .ok_or_else(|| format!("server '{name}' has no address, expected 'server NAME ADDR:PORT [options]'"))?;
+        let name = w.get(1).ok_or(
+            "'server' expects a name and an address, expected 'server NAME ADDR:PORT [options]'",
+        )?;
+        let addr = w.get(2).ok_or_else(|| {
+            format!("server '{name}' has no address, expected 'server NAME ADDR:PORT [options]'")
+        })?;
         let addr = resolve_server_addr(addr)?;
         let mut s = ServerConfig {
             name: name.clone(),
@@ -1118,7 +1169,9 @@ impl ProxyParser<'_, '_> {
                         "fall" => s.fall = n.max(1),
                         "weight" => {
                             if n > 256 {
-                                return Err(format!("server option 'weight' expects 0 to 256, got {n}"));
+                                return Err(format!(
+                                    "server option 'weight' expects 0 to 256, got {n}"
+                                ));
                             }
                             s.weight = n;
                         }
@@ -1127,9 +1180,11 @@ impl ProxyParser<'_, '_> {
                     }
                     i += 2;
                 }
-                "init-addr" | "resolvers" | "resolve-prefer" | "cookie" | "id" | "slowstart" | "agent-port"
-                | "agent-inter" | "on-error" | "on-marked-down" | "on-marked-up" | "proto" | "alpn"
-                | "pool-max-conn" | "pool-purge-delay" | "source" | "tfo" => i += 2,
+                "init-addr" | "resolvers" | "resolve-prefer" | "cookie" | "id" | "slowstart"
+                | "agent-port" | "agent-inter" | "on-error" | "on-marked-down" | "on-marked-up"
+                | "proto" | "alpn" | "pool-max-conn" | "pool-purge-delay" | "source" | "tfo" => {
+                    i += 2
+                }
                 "send-proxy" | "send-proxy-v2" | "ssl" | "verify" | "sni" | "crt" | "ca-file" => {
                     return Err(format!(
                         "server option '{o}' is not supported: servers are reached over plain TCP/HTTP"
@@ -1196,7 +1251,10 @@ impl ProxyParser<'_, '_> {
         let kw = w
             .first()
             .ok_or_else(|| format!("'{}' expects an action", facility_keyword(facility)))?;
-        let cond_at = w.iter().position(|x| x == "if" || x == "unless").unwrap_or(w.len());
+        let cond_at = w
+            .iter()
+            .position(|x| x == "if" || x == "unless")
+            .unwrap_or(w.len());
         let (head, tail) = w.split_at(cond_at);
         let args = &head[1..];
         let action = self.action(facility, kw, args)?;
@@ -1226,7 +1284,9 @@ impl ProxyParser<'_, '_> {
         if let Some(inner) = paren_arg(kw, "set-var") {
             let var: VarName = inner.parse()?;
             if args.is_empty() {
-                return Err(format!("'{kw}' expects a sample expression, such as 'set-var(txn.x) req.hdr(host)'"));
+                return Err(format!(
+                    "'{kw}' expects a sample expression, such as 'set-var(txn.x) req.hdr(host)'"
+                ));
             }
             let expr = Expr::parse(&args.join(" "), ctx)?;
             return Ok(Action::SetVar { var, expr });
@@ -1284,7 +1344,9 @@ impl ProxyParser<'_, '_> {
                     }
                 })
             }
-            "set-path" | "set-query" | "set-uri" | "set-method" if facility == Facility::HttpReq => {
+            "set-path" | "set-query" | "set-uri" | "set-method"
+                if facility == Facility::HttpReq =>
+            {
                 nargs(1, "a log-format string")?;
                 let f = LogFormat::parse(&args[0], ctx)?;
                 Ok(match kw {
@@ -1307,7 +1369,9 @@ impl ProxyParser<'_, '_> {
                 };
                 Ok(Action::SetStatus { code, reason })
             }
-            "redirect" if facility == Facility::HttpReq || facility == Facility::HttpRes => self.redirect(args),
+            "redirect" if facility == Facility::HttpReq || facility == Facility::HttpRes => {
+                self.redirect(args)
+            }
             "deny" if http => {
                 let mut status = if on_request { 403 } else { 502 };
                 let mut i = 0;
@@ -1318,7 +1382,9 @@ impl ProxyParser<'_, '_> {
                             i += 2;
                         }
                         other => {
-                            return Err(format!("unexpected '{other}' after 'deny', expected 'deny_status CODE'"));
+                            return Err(format!(
+                                "unexpected '{other}' after 'deny', expected 'deny_status CODE'"
+                            ));
                         }
                     }
                 }
@@ -1367,9 +1433,12 @@ impl ProxyParser<'_, '_> {
                 "unknown action '{kw}' for '{}', expected {}",
                 facility_keyword(facility),
                 match facility {
-                    Facility::HttpReq => "set-header, add-header, del-header, replace-header, set-path, set-query, set-uri, set-method, set-var(NAME), unset-var(NAME), redirect, deny, return, use-service, allow or NS.NAME",
-                    Facility::HttpRes | Facility::HttpAfterRes => "set-header, add-header, del-header, replace-header, set-status, set-var(NAME), unset-var(NAME), deny, return, allow or NS.NAME",
-                    Facility::TcpReq => "accept, reject, set-var(NAME), unset-var(NAME), use-service or NS.NAME",
+                    Facility::HttpReq =>
+                        "set-header, add-header, del-header, replace-header, set-path, set-query, set-uri, set-method, set-var(NAME), unset-var(NAME), redirect, deny, return, use-service, allow or NS.NAME",
+                    Facility::HttpRes | Facility::HttpAfterRes =>
+                        "set-header, add-header, del-header, replace-header, set-status, set-var(NAME), unset-var(NAME), deny, return, allow or NS.NAME",
+                    Facility::TcpReq =>
+                        "accept, reject, set-var(NAME), unset-var(NAME), use-service or NS.NAME",
                     Facility::TcpRes => "accept, reject, set-var(NAME) or NS.NAME",
                 }
             )),
@@ -1381,7 +1450,11 @@ impl ProxyParser<'_, '_> {
             Some("location") => RedirectKind::Location,
             Some("prefix") => RedirectKind::Prefix,
             Some("scheme") => RedirectKind::Scheme,
-            _ => return Err("'redirect' expects location, prefix or scheme followed by a target".into()),
+            _ => {
+                return Err(
+                    "'redirect' expects location, prefix or scheme followed by a target".into(),
+                );
+            }
         };
         let target = args
             .get(1)
@@ -1398,7 +1471,10 @@ impl ProxyParser<'_, '_> {
                 "code" => {
                     r.code = parse_status(args.get(i + 1))?;
                     if ![301, 302, 303, 307, 308].contains(&r.code) {
-                        return Err(format!("'redirect code' expects 301, 302, 303, 307 or 308, got {}", r.code));
+                        return Err(format!(
+                            "'redirect code' expects 301, 302, 303, 307 or 308, got {}",
+                            r.code
+                        ));
                     }
                     i += 2;
                 }
@@ -1494,7 +1570,9 @@ fn facility_keyword(f: Facility) -> &'static str {
 }
 
 fn paren_arg<'a>(kw: &'a str, prefix: &str) -> Option<&'a str> {
-    kw.strip_prefix(prefix)?.strip_prefix('(')?.strip_suffix(')')
+    kw.strip_prefix(prefix)?
+        .strip_prefix('(')?
+        .strip_suffix(')')
 }
 
 fn check_header_name(name: &str) -> Result<(), String> {
@@ -1517,7 +1595,9 @@ fn check_references(proxies: &[ProxyConfig], errors: &mut Vec<ConfigError>) {
         let check = |name: &str, loc: &Loc, errors: &mut Vec<ConfigError>| match backend(name) {
             None => errors.push(ConfigError::at(
                 loc,
-                format!("unknown backend '{name}', expected the name of a backend or listen section"),
+                format!(
+                    "unknown backend '{name}', expected the name of a backend or listen section"
+                ),
             )),
             Some(b) if b.mode != p.mode => errors.push(ConfigError::at(
                 loc,
@@ -1557,7 +1637,10 @@ fn one_arg(w: &[String]) -> Result<&str, String> {
     match w {
         [_, v] => Ok(v.as_str()),
         [kw] => Err(format!("'{kw}' expects a value")),
-        [kw, ..] => Err(format!("'{kw}' expects exactly one value, got {}", w.len() - 1)),
+        [kw, ..] => Err(format!(
+            "'{kw}' expects exactly one value, got {}",
+            w.len() - 1
+        )),
         [] => Err("empty directive".into()),
     }
 }
@@ -1587,7 +1670,9 @@ fn resolve_path(base_dir: &Path, file: &str) -> PathBuf {
 pub fn parse_time(v: &str) -> Result<Duration, String> {
     let digits = v.bytes().take_while(|c| c.is_ascii_digit()).count();
     if digits == 0 {
-        return Err(format!("invalid time '{v}', expected a number with an optional unit (us, ms, s, m, h, d)"));
+        return Err(format!(
+            "invalid time '{v}', expected a number with an optional unit (us, ms, s, m, h, d)"
+        ));
     }
     let n: u64 = v[..digits]
         .parse()
@@ -1611,15 +1696,19 @@ pub fn parse_time(v: &str) -> Result<Duration, String> {
 /// Parses a size: bytes, or with `k`, `m`, `g` suffixes (powers of 1024).
 pub fn parse_size(v: &str) -> Result<u64, String> {
     let digits = v.bytes().take_while(|c| c.is_ascii_digit()).count();
-    let n: u64 = v[..digits]
-        .parse()
-        .map_err(|_| format!("invalid size '{v}', expected a number with an optional unit (k, m, g)"))?;
+    let n: u64 = v[..digits].parse().map_err(|_| {
+        format!("invalid size '{v}', expected a number with an optional unit (k, m, g)")
+    })?;
     let mul = match v[digits..].to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1 << 10,
         "m" | "mb" => 1 << 20,
         "g" | "gb" => 1 << 30,
-        unit => return Err(format!("invalid size unit '{unit}' in '{v}', expected k, m or g")),
+        unit => {
+            return Err(format!(
+                "invalid size unit '{unit}' in '{v}', expected k, m or g"
+            ));
+        }
     };
     n.checked_mul(mul)
         .ok_or_else(|| format!("size '{v}' is too large"))
@@ -1717,11 +1806,17 @@ mod tests {
     #[test]
     fn errors_carry_file_line_and_expectation() {
         let e = err("frontend fe\n  bind :80\n  frobnicate yes\n");
-        assert!(e.starts_with("t.cfg:3: unknown keyword 'frobnicate'"), "{e}");
+        assert!(
+            e.starts_with("t.cfg:3: unknown keyword 'frobnicate'"),
+            "{e}"
+        );
         let e = err("frontend fe\n  bind :80\n  use_backend nope\n");
         assert!(e.starts_with("t.cfg:3: unknown backend 'nope'"), "{e}");
         let e = err("global\n  stats socket /run/x.sock\n");
-        assert!(e.starts_with("t.cfg:2: 'stats socket' is not supported"), "{e}");
+        assert!(
+            e.starts_with("t.cfg:2: 'stats socket' is not supported"),
+            "{e}"
+        );
         let e = err("frontend fe\n  mode http\n  http-request lua.x\n");
         assert!(e.contains("t.cfg:3: unknown extension 'lua.x'"), "{e}");
     }

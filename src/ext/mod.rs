@@ -145,7 +145,8 @@ pub trait Extension: Send + Sync + 'static {
     fn registrations(&self) -> Vec<Registration>;
 
     /// Runs a sample fetch. `Ok(None)` means "no sample".
-    fn fetch(&self, name: &str, txn: &mut Txn, args: &[Sample]) -> Result<Option<Sample>, ExtError>;
+    fn fetch(&self, name: &str, txn: &mut Txn, args: &[Sample])
+    -> Result<Option<Sample>, ExtError>;
 
     /// Runs a converter on `input`. `Ok(None)` means "no sample".
     fn convert(
@@ -241,9 +242,16 @@ pub enum ResolveError {
         name: String,
     },
     #[error("action '{name}' is not registered for {facility}")]
-    WrongFacility { name: String, facility: &'static str },
+    WrongFacility {
+        name: String,
+        facility: &'static str,
+    },
     #[error("action '{name}' expects {expected} argument(s), got {got}")]
-    WrongArgCount { name: String, expected: u32, got: usize },
+    WrongArgCount {
+        name: String,
+        expected: u32,
+        got: usize,
+    },
     #[error("service '{name}' is a {actual} service, {wanted} was expected here")]
     WrongServiceMode {
         name: String,
@@ -342,18 +350,22 @@ impl Registry {
     }
 
     /// Resolves an action for a facility and checks its argument count.
-    pub fn action(&self, full: &str, facility: Facility, nargs: usize) -> Result<ExtRef, ResolveError> {
+    pub fn action(
+        &self,
+        full: &str,
+        facility: Facility,
+        nargs: usize,
+    ) -> Result<ExtRef, ResolveError> {
         let (r, facs) = self
             .actions
             .get(full)
             .ok_or_else(|| self.unknown(full, "action"))?;
-        let (_, expected) = facs
-            .iter()
-            .find(|(f, _)| *f == facility)
-            .ok_or_else(|| ResolveError::WrongFacility {
+        let (_, expected) = facs.iter().find(|(f, _)| *f == facility).ok_or_else(|| {
+            ResolveError::WrongFacility {
                 name: full.to_string(),
                 facility: facility.name(),
-            })?;
+            }
+        })?;
         // HAProxy passes extra words as arguments only up to the declared
         // count; fewer than declared is an error.
         if nargs < *expected as usize {

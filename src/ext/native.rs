@@ -6,21 +6,27 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{
-    BoxFuture, ExtError, Extension, Facility, HttpApplet, Registration, ServiceMode, TaskCtx, TcpApplet, Verdict,
+    BoxFuture, ExtError, Extension, Facility, HttpApplet, Registration, ServiceMode, TaskCtx,
+    TcpApplet, Verdict,
 };
 use crate::proxy::txn::Txn;
 use crate::sample::Sample;
 
 /// A sample fetch: `(txn, args) -> sample`.
-pub type FetchFn = Arc<dyn Fn(&mut Txn, &[Sample]) -> Result<Option<Sample>, ExtError> + Send + Sync>;
+pub type FetchFn =
+    Arc<dyn Fn(&mut Txn, &[Sample]) -> Result<Option<Sample>, ExtError> + Send + Sync>;
 /// A converter: `(txn, input, args) -> sample`.
-pub type ConvFn = Arc<dyn Fn(&mut Txn, Sample, &[Sample]) -> Result<Option<Sample>, ExtError> + Send + Sync>;
+pub type ConvFn =
+    Arc<dyn Fn(&mut Txn, Sample, &[Sample]) -> Result<Option<Sample>, ExtError> + Send + Sync>;
 /// An action; it may wait.
-pub type ActionFn = for<'a> fn(&'a mut Txn, &'a [String]) -> BoxFuture<'a, Result<Verdict, ExtError>>;
+pub type ActionFn =
+    for<'a> fn(&'a mut Txn, &'a [String]) -> BoxFuture<'a, Result<Verdict, ExtError>>;
 /// An HTTP service.
-pub type HttpServiceFn = for<'a> fn(&'a mut Txn, &'a mut HttpApplet) -> BoxFuture<'a, Result<(), ExtError>>;
+pub type HttpServiceFn =
+    for<'a> fn(&'a mut Txn, &'a mut HttpApplet) -> BoxFuture<'a, Result<(), ExtError>>;
 /// A TCP service.
-pub type TcpServiceFn = for<'a> fn(&'a mut Txn, &'a mut TcpApplet) -> BoxFuture<'a, Result<(), ExtError>>;
+pub type TcpServiceFn =
+    for<'a> fn(&'a mut Txn, &'a mut TcpApplet) -> BoxFuture<'a, Result<(), ExtError>>;
 /// A task.
 pub type TaskFn = fn(TaskCtx) -> BoxFuture<'static, Result<(), ExtError>>;
 
@@ -58,9 +64,13 @@ impl NativeExtension {
     pub fn converter(
         mut self,
         name: &str,
-        f: impl Fn(&mut Txn, Sample, &[Sample]) -> Result<Option<Sample>, ExtError> + Send + Sync + 'static,
+        f: impl Fn(&mut Txn, Sample, &[Sample]) -> Result<Option<Sample>, ExtError>
+        + Send
+        + Sync
+        + 'static,
     ) -> Self {
-        self.regs.push(Registration::Converter { name: name.into() });
+        self.regs
+            .push(Registration::Converter { name: name.into() });
         self.convs.insert(name.into(), Arc::new(f));
         self
     }
@@ -116,13 +126,30 @@ impl Extension for NativeExtension {
         self.regs.clone()
     }
 
-    fn fetch(&self, name: &str, txn: &mut Txn, args: &[Sample]) -> Result<Option<Sample>, ExtError> {
-        let f = self.fetches.get(name).ok_or_else(|| unknown("fetch", name))?;
+    fn fetch(
+        &self,
+        name: &str,
+        txn: &mut Txn,
+        args: &[Sample],
+    ) -> Result<Option<Sample>, ExtError> {
+        let f = self
+            .fetches
+            .get(name)
+            .ok_or_else(|| unknown("fetch", name))?;
         f(txn, args)
     }
 
-    fn convert(&self, name: &str, txn: &mut Txn, input: Sample, args: &[Sample]) -> Result<Option<Sample>, ExtError> {
-        let f = self.convs.get(name).ok_or_else(|| unknown("converter", name))?;
+    fn convert(
+        &self,
+        name: &str,
+        txn: &mut Txn,
+        input: Sample,
+        args: &[Sample],
+    ) -> Result<Option<Sample>, ExtError> {
+        let f = self
+            .convs
+            .get(name)
+            .ok_or_else(|| unknown("converter", name))?;
         f(txn, input, args)
     }
 

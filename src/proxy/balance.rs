@@ -22,7 +22,12 @@ pub fn pick(backend: &ProxyRt, src: IpAddr) -> Option<Arc<ServerRt>> {
             .servers
             .iter()
             .find(|s| s.config.backup && s.usable() && s.has_room())
-            .or_else(|| backend.servers.iter().find(|s| s.config.backup && s.usable()))
+            .or_else(|| {
+                backend
+                    .servers
+                    .iter()
+                    .find(|s| s.config.backup && s.usable())
+            })
             .cloned();
     } else {
         active
@@ -30,7 +35,11 @@ pub fn pick(backend: &ProxyRt, src: IpAddr) -> Option<Arc<ServerRt>> {
     let with_room: Vec<&Arc<ServerRt>> = pool.iter().copied().filter(|s| s.has_room()).collect();
     // When every server is at its maxconn, HAProxy queues; moonbox picks
     // among all usable servers rather than refusing.
-    let candidates = if with_room.is_empty() { pool } else { with_room };
+    let candidates = if with_room.is_empty() {
+        pool
+    } else {
+        with_room
+    };
     match backend.config.balance {
         Balance::RoundRobin => round_robin(backend, &candidates),
         Balance::LeastConn => candidates
@@ -48,7 +57,8 @@ pub fn pick(backend: &ProxyRt, src: IpAddr) -> Option<Arc<ServerRt>> {
                 IpAddr::V4(a) => u32::from(a) as u64,
                 IpAddr::V6(a) => {
                     let o = a.octets();
-                    o.iter().fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(b as u64))
+                    o.iter()
+                        .fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(b as u64))
                 }
             };
             let h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
@@ -76,7 +86,10 @@ fn weighted_index<'a>(servers: &[&'a Arc<ServerRt>], n: u64) -> Option<&'a Arc<S
     // within one round, which keeps the computation O(servers).
     let mut slot = n % total;
     // Equal weights: plain rotation.
-    if servers.iter().all(|s| s.weight.load(Ordering::Relaxed) == servers[0].weight.load(Ordering::Relaxed)) {
+    if servers
+        .iter()
+        .all(|s| s.weight.load(Ordering::Relaxed) == servers[0].weight.load(Ordering::Relaxed))
+    {
         return servers.get((n % servers.len() as u64) as usize).copied();
     }
     for s in servers {

@@ -46,7 +46,8 @@ async fn check_once(be: &ProxyRt, srv: &ServerRt) -> Result<String, String> {
         .unwrap_or(srv.config.inter)
         .min(srv.config.inter.max(Duration::from_millis(100)));
     let read_timeout = be.config.timeouts.check.unwrap_or(srv.config.inter);
-    let mut stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(srv.addr)).await {
+    let mut stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(srv.addr)).await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(format!("Layer4 connection problem, info: \"{e}\"")),
         Err(_) => return Err("Layer4 timeout".to_string()),
@@ -60,7 +61,11 @@ async fn check_once(be: &ProxyRt, srv: &ServerRt) -> Result<String, String> {
     }
 }
 
-async fn http_check(stream: &mut TcpStream, hc: &HttpCheck, srv: &ServerRt) -> Result<String, String> {
+async fn http_check(
+    stream: &mut TcpStream,
+    hc: &HttpCheck,
+    srv: &ServerRt,
+) -> Result<String, String> {
     let mut req = format!("{} {} {}\r\n", hc.method, hc.uri, hc.version);
     if hc.version.ends_with("1.1") {
         req.push_str(&format!("Host: {}\r\nConnection: close\r\n", srv.addr));
@@ -97,7 +102,10 @@ async fn http_check(stream: &mut TcpStream, hc: &HttpCheck, srv: &ServerRt) -> R
     if ok {
         Ok(format!("Layer7 check passed, code: {code}"))
     } else {
-        Err(format!("Layer7 wrong status, code: {code}, info: \"{}\"", line.trim()))
+        Err(format!(
+            "Layer7 wrong status, code: {code}, info: \"{}\"",
+            line.trim()
+        ))
     }
 }
 
@@ -143,9 +151,15 @@ fn record(be: &ProxyRt, srv: &ServerRt, result: Result<String, String>, took: Du
 }
 
 fn active(be: &ProxyRt) -> usize {
-    be.servers.iter().filter(|s| !s.config.backup && s.usable()).count()
+    be.servers
+        .iter()
+        .filter(|s| !s.config.backup && s.usable())
+        .count()
 }
 
 fn backups(be: &ProxyRt) -> usize {
-    be.servers.iter().filter(|s| s.config.backup && s.usable()).count()
+    be.servers
+        .iter()
+        .filter(|s| s.config.backup && s.usable())
+        .count()
 }

@@ -35,7 +35,12 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let request_line = if logs(&fe) {
-        format!("{} {} {}", parts.method, parts.uri, version_str(parts.version))
+        format!(
+            "{} {} {}",
+            parts.method,
+            parts.uri,
+            version_str(parts.version)
+        )
     } else {
         String::new()
     };
@@ -100,7 +105,14 @@ pub async fn handle(
     let Some(srv) = balance::pick(&be, txn.sess.src.ip()) else {
         info.term = *b"SC--";
         tracing::debug!(backend = %be.name, "no server available");
-        return Ok(finish_reply(txn, error_reply(503), info, request_line, Some(vec![be_guard])).await);
+        return Ok(finish_reply(
+            txn,
+            error_reply(503),
+            info,
+            request_line,
+            Some(vec![be_guard]),
+        )
+        .await);
     };
     txn.server = Some(srv.clone());
     info.t_queue = Some(Duration::ZERO);
@@ -119,9 +131,13 @@ pub async fn handle(
     parts.headers = std::mem::take(&mut req.headers);
     prepare_upstream_request(&mut parts, &fe, &txn, srv.addr);
     let up_body: Body = match (txn.req_body.clone(), body.take()) {
-        (Some(b), _) => Full::new(b).map_err(|e: Infallible| -> BoxError { match e {} }).boxed(),
+        (Some(b), _) => Full::new(b)
+            .map_err(|e: Infallible| -> BoxError { match e {} })
+            .boxed(),
         (None, Some(b)) => b.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
-        (None, None) => Full::new(Bytes::new()).map_err(|e: Infallible| -> BoxError { match e {} }).boxed(),
+        (None, None) => Full::new(Bytes::new())
+            .map_err(|e: Infallible| -> BoxError { match e {} })
+            .boxed(),
     };
     let up_req = Request::from_parts(parts, up_body);
     let t0 = tokio::time::Instant::now();
@@ -144,7 +160,11 @@ pub async fn handle(
         }
         Err(Some(e)) => {
             let connect = e.is_connect();
-            let (status, term) = if connect { (503, *b"SC--") } else { (502, *b"SH--") };
+            let (status, term) = if connect {
+                (503, *b"SC--")
+            } else {
+                (502, *b"SH--")
+            };
             info.term = term;
             if connect {
                 srv.counters.econ.fetch_add(1, Ordering::Relaxed);
@@ -154,7 +174,9 @@ pub async fn handle(
                 be.counters.eresp.fetch_add(1, Ordering::Relaxed);
             }
             tracing::warn!(backend = %be.name, server = %srv.name, "server error: {}", error_chain(&e));
-            return Ok(finish_reply(txn, error_reply(status), info, request_line, Some(guards)).await);
+            return Ok(
+                finish_reply(txn, error_reply(status), info, request_line, Some(guards)).await,
+            );
         }
     };
     info.t_connect = Some(Duration::ZERO);
@@ -180,7 +202,12 @@ pub async fn handle(
     Ok(respond(txn, rbody, info, request_line, Some(guards)).await)
 }
 
-fn prepare_upstream_request(parts: &mut http::request::Parts, fe: &ProxyRt, txn: &Txn, addr: SocketAddr) {
+fn prepare_upstream_request(
+    parts: &mut http::request::Parts,
+    fe: &ProxyRt,
+    txn: &Txn,
+    addr: SocketAddr,
+) {
     // Host: keep the client's; h2 requests carry it in the URI authority.
     if !parts.headers.contains_key(header::HOST) {
         if let Some(a) = parts.uri.authority() {
@@ -266,7 +293,8 @@ fn empty() -> Body {
 /// Turns a reply into the response head it describes (the response rules
 /// see it as `txn.res`).
 fn reply_parts(reply: &Reply) -> http::response::Parts {
-    let mut b = Response::builder().status(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    let mut b = Response::builder()
+        .status(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
     if let Some(h) = b.headers_mut() {
         for (n, v) in &reply.headers {
             if let Ok(n) = HeaderName::from_bytes(n.as_bytes()) {
@@ -310,10 +338,20 @@ async fn respond(
     guards: Option<Vec<SessionGuard>>,
 ) -> Response<Body> {
     let fe = txn.frontend.clone();
-    let _ = rules::run(&fe.config.http_after_response, Facility::HttpAfterRes, &mut txn).await;
+    let _ = rules::run(
+        &fe.config.http_after_response,
+        Facility::HttpAfterRes,
+        &mut txn,
+    )
+    .await;
     if let Some(be) = txn.backend.clone() {
         if !Arc::ptr_eq(&be, &fe) {
-            let _ = rules::run(&be.config.http_after_response, Facility::HttpAfterRes, &mut txn).await;
+            let _ = rules::run(
+                &be.config.http_after_response,
+                Facility::HttpAfterRes,
+                &mut txn,
+            )
+            .await;
         }
     }
     let mut parts = match txn.res.take() {
@@ -321,7 +359,9 @@ async fn respond(
         None => Response::new(()).into_parts().0,
     };
     if fe.config.options.httpclose {
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let status = parts.status.as_u16();
     info.status = Some(status);
@@ -393,7 +433,8 @@ async fn run_service(
         Ok(head) => {
             // The task keeps running and streams the body; the log line is
             // written from its Txn when it ends.
-            let mut b = Response::builder().status(StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK));
+            let mut b = Response::builder()
+                .status(StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK));
             if let Some(h) = b.headers_mut() {
                 for (n, v) in &head.headers {
                     if let Ok(n) = HeaderName::from_bytes(n.as_bytes()) {
@@ -456,7 +497,10 @@ impl HttpBody for ChannelBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
             Poll::Ready(None) => Poll::Ready(None),
@@ -482,7 +526,9 @@ impl Tracked {
             return;
         }
         self.done = true;
-        self.fe_counters.bout.fetch_add(self.bytes, Ordering::Relaxed);
+        self.fe_counters
+            .bout
+            .fetch_add(self.bytes, Ordering::Relaxed);
         if let Some(mut l) = self.log.take() {
             l.info.bytes_out = self.bytes;
             if aborted && l.info.term == *b"----" {
@@ -498,7 +544,10 @@ impl HttpBody for Tracked {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
@@ -563,7 +612,10 @@ impl HttpBody for ServiceTracked {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {

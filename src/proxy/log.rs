@@ -131,7 +131,9 @@ impl LogCtx {
             ms(info.t_connect),
             ms(info.t_response),
             self.started.elapsed().as_millis(),
-            info.status.map(|s| s.to_string()).unwrap_or_else(|| "-1".into()),
+            info.status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-1".into()),
             info.bytes_out,
             String::from_utf8_lossy(&info.term),
             fc,

@@ -135,7 +135,10 @@ struct Generation {
 
 impl Generation {
     fn new(world: Arc<World>) -> Generation {
-        let binds = bind_keys(&world).into_iter().map(|(k, i, _)| (k, i)).collect();
+        let binds = bind_keys(&world)
+            .into_iter()
+            .map(|(k, i, _)| (k, i))
+            .collect();
         let (drain, _) = watch::channel(false);
         Generation {
             world,
@@ -319,7 +322,11 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(4096)
 }
 
-fn spawn_listener(shared: &Arc<Shared>, configured: BindKey, listener: TcpListener) -> ListenerHandle {
+fn spawn_listener(
+    shared: &Arc<Shared>,
+    configured: BindKey,
+    listener: TcpListener,
+) -> ListenerHandle {
     let local = listener.local_addr().unwrap_or(configured.0);
     let shared2 = shared.clone();
     let task = tokio::spawn(async move {
@@ -369,14 +376,26 @@ impl Drop for ActiveGuard {
     }
 }
 
-async fn serve_connection(g: Arc<Generation>, fe: Arc<ProxyRt>, stream: TcpStream, peer: SocketAddr, local: SocketAddr) {
+async fn serve_connection(
+    g: Arc<Generation>,
+    fe: Arc<ProxyRt>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
     let _ = stream.set_nodelay(true);
     let _fe_guard = fe.counters.open_session();
     let sess = Arc::new(Session::new(peer, local));
     let world = g.world.clone();
     let mut txn = Txn::new(world.clone(), sess.clone(), fe.clone(), next_txn_id());
     if !fe.config.tcp_request_connection.is_empty() {
-        match rules::run(&fe.config.tcp_request_connection, Facility::TcpReq, &mut txn).await {
+        match rules::run(
+            &fe.config.tcp_request_connection,
+            Facility::TcpReq,
+            &mut txn,
+        )
+        .await
+        {
             Flow::Next => {}
             _ => {
                 fe.counters.dreq.fetch_add(1, Ordering::Relaxed);
@@ -398,7 +417,10 @@ async fn serve_http(g: Arc<Generation>, fe: Arc<ProxyRt>, sess: Arc<Session>, st
     let world = g.world.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let to = &fe.config.timeouts;
-    let header_timeout = to.http_request.or(to.client).unwrap_or(Duration::from_secs(30));
+    let header_timeout = to
+        .http_request
+        .or(to.client)
+        .unwrap_or(Duration::from_secs(30));
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -406,7 +428,10 @@ async fn serve_http(g: Arc<Generation>, fe: Arc<ProxyRt>, sess: Arc<Session>, st
         .keep_alive(true)
         .writev(false)
         .max_buf_size(BUFSIZE);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(BUFSIZE as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(BUFSIZE as u32);
     let svc = service_fn(move |req| http::handle(world.clone(), fe.clone(), sess.clone(), req));
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);

@@ -3,8 +3,8 @@
 //! actions through the seam.
 
 use bytes::Bytes;
-use tracing::Instrument;
 use http::{HeaderName, Method, Uri};
+use tracing::Instrument;
 
 use super::txn::{Reply, Txn, header_value};
 use crate::config::model::{Action, Redirect, RedirectKind, ReturnSpec, Rule};
@@ -47,7 +47,10 @@ enum Step {
 }
 
 fn is_response(f: Facility) -> bool {
-    matches!(f, Facility::HttpRes | Facility::HttpAfterRes | Facility::TcpRes)
+    matches!(
+        f,
+        Facility::HttpRes | Facility::HttpAfterRes | Facility::TcpRes
+    )
 }
 
 async fn apply(rule: &Rule, facility: Facility, txn: &mut Txn) -> Step {
@@ -146,7 +149,8 @@ async fn apply(rule: &Rule, facility: Facility, txn: &mut Txn) -> Step {
         Action::Reject => return Step::End(Flow::Close),
         Action::SetLogLevel(_) => {}
         Action::Ext { r, facility, args } => {
-            let span = tracing::debug_span!("ext_action", ext = %r.full, facility = facility.name());
+            let span =
+                tracing::debug_span!("ext_action", ext = %r.full, facility = facility.name());
             let verdict = r
                 .ext
                 .action(&r.name, *facility, txn, args)
@@ -157,11 +161,7 @@ async fn apply(rule: &Rule, facility: Facility, txn: &mut Txn) -> Step {
                 Err(e) => {
                     // HAProxy's policy: a failing action is logged and the
                     // rules go on.
-                    tracing::warn!(
-                        "{}: action '{}' failed: {e}",
-                        rule.loc,
-                        r.full
-                    );
+                    tracing::warn!("{}: action '{}' failed: {e}", rule.loc, r.full);
                     Verdict::Continue
                 }
             };
@@ -192,7 +192,13 @@ fn headers_mut(txn: &mut Txn, res: bool) -> Option<&mut http::HeaderMap> {
     }
 }
 
-fn replace_header(h: &mut http::HeaderMap, name: &str, re: &regex::Regex, repl: &str, by_value: bool) {
+fn replace_header(
+    h: &mut http::HeaderMap,
+    name: &str,
+    re: &regex::Regex,
+    repl: &str,
+    by_value: bool,
+) {
     let Ok(n) = HeaderName::from_bytes(name.as_bytes()) else {
         return;
     };
@@ -337,20 +343,53 @@ fn return_reply(spec: &ReturnSpec, txn: &mut Txn) -> Reply {
 pub fn error_reply(status: u16) -> Reply {
     let (title, text) = match status {
         400 => ("Bad request", "Your browser sent an invalid request."),
-        401 => ("Unauthorized", "You need a valid user and password to access this content."),
+        401 => (
+            "Unauthorized",
+            "You need a valid user and password to access this content.",
+        ),
         403 => ("Forbidden", "Request forbidden by administrative rules."),
         404 => ("Not Found", "The resource could not be found."),
-        405 => ("Method Not Allowed", "A request was made of a resource using a request method not supported by that resource."),
-        408 => ("Request Time-out", "Your browser didn't send a complete request in time."),
-        410 => ("Gone", "The resource is no longer available and will not be available again."),
-        413 => ("Payload Too Large", "The request entity exceeds the maximum allowed."),
+        405 => (
+            "Method Not Allowed",
+            "A request was made of a resource using a request method not supported by that resource.",
+        ),
+        408 => (
+            "Request Time-out",
+            "Your browser didn't send a complete request in time.",
+        ),
+        410 => (
+            "Gone",
+            "The resource is no longer available and will not be available again.",
+        ),
+        413 => (
+            "Payload Too Large",
+            "The request entity exceeds the maximum allowed.",
+        ),
         425 => ("Too Early", "Your browser sent early data."),
-        429 => ("Too Many Requests", "You have sent too many requests in a given amount of time."),
-        431 => ("Request Header Fields Too Large", "The request header fields are too large."),
-        500 => ("Internal Server Error", "An internal server error occurred."),
-        501 => ("Not Implemented", "The server does not support the functionality required to fulfill the request."),
-        502 => ("Bad Gateway", "The server returned an invalid or incomplete response."),
-        503 => ("Service Unavailable", "No server is available to handle this request."),
+        429 => (
+            "Too Many Requests",
+            "You have sent too many requests in a given amount of time.",
+        ),
+        431 => (
+            "Request Header Fields Too Large",
+            "The request header fields are too large.",
+        ),
+        500 => (
+            "Internal Server Error",
+            "An internal server error occurred.",
+        ),
+        501 => (
+            "Not Implemented",
+            "The server does not support the functionality required to fulfill the request.",
+        ),
+        502 => (
+            "Bad Gateway",
+            "The server returned an invalid or incomplete response.",
+        ),
+        503 => (
+            "Service Unavailable",
+            "No server is available to handle this request.",
+        ),
         504 => ("Gateway Time-out", "The server didn't respond in time."),
         _ => ("Error", "An error occurred."),
     };

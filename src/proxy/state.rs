@@ -190,8 +190,14 @@ impl ServerRt {
             ("weight", self.weight.load(Ordering::Relaxed).to_string()),
             ("act", u8::from(!self.config.backup).to_string()),
             ("bck", u8::from(self.config.backup).to_string()),
-            ("check_status", if self.config.check { "L4OK" } else { "" }.to_string()),
-            ("lastchg", (unix_now().saturating_sub(self.last_change.load(Ordering::Relaxed))).to_string()),
+            (
+                "check_status",
+                if self.config.check { "L4OK" } else { "" }.to_string(),
+            ),
+            (
+                "lastchg",
+                (unix_now().saturating_sub(self.last_change.load(Ordering::Relaxed))).to_string(),
+            ),
             ("slim", self.maxconn.load(Ordering::Relaxed).to_string()),
             ("qcur", "0".to_string()),
             ("qmax", "0".to_string()),
@@ -264,18 +270,44 @@ impl ProxyRt {
         let backend = self.is_backend();
         let mut v = vec![
             ("pxname", self.name.clone()),
-            ("svname", if backend { "BACKEND" } else { "FRONTEND" }.to_string()),
+            (
+                "svname",
+                if backend { "BACKEND" } else { "FRONTEND" }.to_string(),
+            ),
             ("iid", self.uuid.to_string()),
             ("type", if backend { "1" } else { "0" }.to_string()),
-            ("mode", match self.config.mode { Mode::Http => "http", Mode::Tcp => "tcp" }.to_string()),
-            ("status", if !backend || self.nbsrv() > 0 { "UP" } else { "DOWN" }.to_string()),
+            (
+                "mode",
+                match self.config.mode {
+                    Mode::Http => "http",
+                    Mode::Tcp => "tcp",
+                }
+                .to_string(),
+            ),
+            (
+                "status",
+                if !backend || self.nbsrv() > 0 {
+                    "UP"
+                } else {
+                    "DOWN"
+                }
+                .to_string(),
+            ),
             (
                 "act",
-                self.servers.iter().filter(|s| !s.config.backup && s.usable()).count().to_string(),
+                self.servers
+                    .iter()
+                    .filter(|s| !s.config.backup && s.usable())
+                    .count()
+                    .to_string(),
             ),
             (
                 "bck",
-                self.servers.iter().filter(|s| s.config.backup && s.usable()).count().to_string(),
+                self.servers
+                    .iter()
+                    .filter(|s| s.config.backup && s.usable())
+                    .count()
+                    .to_string(),
             ),
             ("slim", self.config.maxconn.unwrap_or(0).to_string()),
         ];

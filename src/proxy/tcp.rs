@@ -71,14 +71,19 @@ pub async fn serve(mut txn: Txn, mut client: TcpStream) {
     let connect = TcpStream::connect(srv.addr);
     let server = match be.config.timeouts.connect {
         Some(t) => tokio::time::timeout(t, connect).await.unwrap_or_else(|_| {
-            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timeout",
+            ))
         }),
         None => connect.await,
     };
     let mut server = match server {
         Ok(s) => s,
         Err(e) => {
-            srv.counters.econ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            srv.counters
+                .econ
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(backend = %be.name, server = %srv.name, "cannot connect: {e}");
             info.term = *b"SC--";
             log(&txn, info);
@@ -94,7 +99,11 @@ pub async fn serve(mut txn: Txn, mut client: TcpStream) {
     }
     let idle_client = fe.config.timeouts.client;
     let idle_server = be.config.timeouts.server;
-    let idle = match (fe.config.timeouts.tunnel.or(be.config.timeouts.tunnel), idle_client, idle_server) {
+    let idle = match (
+        fe.config.timeouts.tunnel.or(be.config.timeouts.tunnel),
+        idle_client,
+        idle_server,
+    ) {
         (Some(t), _, _) => Some(t),
         (None, Some(c), Some(s)) => Some(c.max(s)),
         (None, c, s) => c.or(s),
@@ -102,8 +111,12 @@ pub async fn serve(mut txn: Txn, mut client: TcpStream) {
     let (term, up, down) = pipe(&mut client, &mut server, idle, &be, &mut txn).await;
     info.term = term;
     info.bytes_out = down;
-    fe.counters.bin.fetch_add(up, std::sync::atomic::Ordering::Relaxed);
-    fe.counters.bout.fetch_add(down, std::sync::atomic::Ordering::Relaxed);
+    fe.counters
+        .bin
+        .fetch_add(up, std::sync::atomic::Ordering::Relaxed);
+    fe.counters
+        .bout
+        .fetch_add(down, std::sync::atomic::Ordering::Relaxed);
     log(&txn, info);
 }
 

@@ -230,7 +230,13 @@ pub fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| {
         let cleaned: String = s
             .chars()
-            .map(|c| if c == '\r' || c == '\n' || c == '\0' { ' ' } else { c })
+            .map(|c| {
+                if c == '\r' || c == '\n' || c == '\0' {
+                    ' '
+                } else {
+                    c
+                }
+            })
             .collect();
         HeaderValue::from_str(&cleaned).unwrap_or_else(|_| HeaderValue::from_static(""))
     })

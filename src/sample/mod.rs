@@ -137,7 +137,9 @@ impl Sample {
             Sample::Ipv4(a) => Some(IpAddr::V4(*a)),
             Sample::Ipv6(a) => Some(IpAddr::V6(*a)),
             Sample::Str(s) => s.trim().parse().ok(),
-            Sample::Int(i) => u32::try_from(*i).ok().map(|v| IpAddr::V4(Ipv4Addr::from(v))),
+            Sample::Int(i) => u32::try_from(*i)
+                .ok()
+                .map(|v| IpAddr::V4(Ipv4Addr::from(v))),
             _ => None,
         }
     }

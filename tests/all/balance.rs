@@ -34,7 +34,12 @@ async fn roundrobin_respects_weights_and_skips_disabled() -> Result<()> {
     assert_eq!(m.get("b"), Some(&10), "{m:?}");
     assert_eq!(m.get("c"), None, "{m:?}");
     let w = p.proxy.world();
-    assert_eq!(w.backend("be").and_then(|b| b.server("c")).map(|s| s.state()), Some(ServerState::Maint));
+    assert_eq!(
+        w.backend("be")
+            .and_then(|b| b.server("c"))
+            .map(|s| s.state()),
+        Some(ServerState::Maint)
+    );
     Ok(())
 }
 
@@ -55,7 +60,11 @@ async fn first_and_source_and_backup() -> Result<()> {
     assert_eq!(spread(p.addr("f1"), 5).await?.get("a"), Some(&5));
     let m = spread(p.addr("f2"), 6).await?;
     assert_eq!(m.len(), 1, "same source, same server: {m:?}");
-    assert_eq!(spread(p.addr("f3"), 3).await?.get("b"), Some(&3), "backup used when no active server");
+    assert_eq!(
+        spread(p.addr("f3"), 3).await?.get("b"),
+        Some(&3),
+        "backup used when no active server"
+    );
     Ok(())
 }
 
@@ -79,7 +88,10 @@ async fn leastconn_prefers_idle_server() -> Result<()> {
     }
     let first = first.await??;
     let busy = first.body.clone();
-    assert!(bodies.iter().all(|b| *b != busy), "first went to {busy}, then {bodies:?}");
+    assert!(
+        bodies.iter().all(|b| *b != busy),
+        "first went to {busy}, then {bodies:?}"
+    );
     Ok(())
 }
 
@@ -99,9 +111,11 @@ async fn health_checks_mark_servers_down_and_up() -> Result<()> {
     let w = p.proxy.world();
     let be = w.backend("be").expect("be").clone();
     let dead_srv = be.server("dead").expect("dead").clone();
-    eventually("dead server marked DOWN", Duration::from_secs(5), async || {
-        dead_srv.state() == ServerState::Down
-    })
+    eventually(
+        "dead server marked DOWN",
+        Duration::from_secs(5),
+        async || dead_srv.state() == ServerState::Down,
+    )
     .await;
     assert_eq!(be.server("good").map(|s| s.state()), Some(ServerState::Up));
     assert_eq!(be.nbsrv(), 1);
@@ -109,9 +123,11 @@ async fn health_checks_mark_servers_down_and_up() -> Result<()> {
     assert_eq!(spread(p.addr("fe"), 6).await?.get("good"), Some(&6));
     // Bring the dead one to life: it comes back UP after `rise` checks.
     let _revived = std::net::TcpListener::bind(dead)?;
-    eventually("revived server marked UP", Duration::from_secs(5), async || {
-        dead_srv.state() == ServerState::Up
-    })
+    eventually(
+        "revived server marked UP",
+        Duration::from_secs(5),
+        async || dead_srv.state() == ServerState::Up,
+    )
     .await;
     Ok(())
 }
@@ -129,9 +145,11 @@ async fn httpchk_checks_status() -> Result<()> {
     let w = p.proxy.world();
     let be = w.backend("be").expect("be").clone();
     let bad_srv = be.server("bad").expect("bad").clone();
-    eventually("500-answering server marked DOWN", Duration::from_secs(5), async || {
-        bad_srv.state() == ServerState::Down
-    })
+    eventually(
+        "500-answering server marked DOWN",
+        Duration::from_secs(5),
+        async || bad_srv.state() == ServerState::Down,
+    )
     .await;
     assert_eq!(be.server("ok").map(|s| s.state()), Some(ServerState::Up));
     assert!(ok.hits() > 0, "health checks reached the server");

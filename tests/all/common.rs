@@ -50,14 +50,18 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start(name: &str, behavior: Behavior) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("local addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let name: Arc<str> = Arc::from(name);
         let hits2 = hits.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let name = name.clone();
                 let hits = hits2.clone();
                 tokio::spawn(async move {
@@ -93,7 +97,11 @@ async fn answer(name: &str, behavior: Behavior, req: Request<Incoming>) -> Respo
         Behavior::Echo => 200,
     };
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let mut b = Response::builder()
         .status(status)
         .header("x-server", name)
@@ -104,7 +112,8 @@ async fn answer(name: &str, behavior: Behavior, req: Request<Incoming>) -> Respo
     for (n, v) in &parts.headers {
         b = b.header(format!("x-echo-{n}"), v.clone());
     }
-    b.body(Full::new(Bytes::from(format!("{name}\n")))).expect("response")
+    b.body(Full::new(Bytes::from(format!("{name}\n"))))
+        .expect("response")
 }
 
 /// A response as a client sees it.
@@ -124,11 +133,22 @@ impl Reply {
 }
 
 /// Sends one request with a fresh HTTP/1.1 connection.
-pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Result<Reply> {
-    let stream = tokio::net::TcpStream::connect(addr).await.context("connect to proxy")?;
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Reply> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .context("connect to proxy")?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let mut b = Request::builder().method(method).uri(path).header("host", "test.local");
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "test.local");
     for (n, v) in headers {
         b = b.header(*n, *v);
     }
@@ -166,12 +186,19 @@ pub struct InProc {
 
 impl InProc {
     pub fn addr(&self, frontend: &str) -> SocketAddr {
-        *self.addrs.get(frontend).unwrap_or_else(|| panic!("no frontend {frontend}"))
+        *self
+            .addrs
+            .get(frontend)
+            .unwrap_or_else(|| panic!("no frontend {frontend}"))
     }
 }
 
 pub fn load(cfg: &str, registry: Registry) -> std::result::Result<Loaded, config::ConfigErrors> {
-    config::load_sources(&[(PathBuf::from("test.cfg"), cfg.to_string())], registry, &mut |_, _| Ok(()))
+    config::load_sources(
+        &[(PathBuf::from("test.cfg"), cfg.to_string())],
+        registry,
+        &mut |_, _| Ok(()),
+    )
 }
 
 /// Starts the proxy in-process on a configuration text.
@@ -247,8 +274,14 @@ impl ProxyProcess {
         let out = child.stdout.take().context("stdout")?;
         let err = child.stderr.take().context("stderr")?;
         for (pipe, sink) in [
-            (Box::new(out) as Box<dyn std::io::Read + Send>, stdout.clone()),
-            (Box::new(err) as Box<dyn std::io::Read + Send>, stderr.clone()),
+            (
+                Box::new(out) as Box<dyn std::io::Read + Send>,
+                stdout.clone(),
+            ),
+            (
+                Box::new(err) as Box<dyn std::io::Read + Send>,
+                stderr.clone(),
+            ),
         ] {
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines() {

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Result;
 use bytes::Bytes;
 use moonbox::ext::native::NativeExtension;
-use moonbox::ext::{BoxFuture, ExtError, Facility, HttpApplet, Registry, TaskCtx, TcpApplet, Verdict};
+use moonbox::ext::{
+    BoxFuture, ExtError, Facility, HttpApplet, Registry, TaskCtx, TcpApplet, Verdict,
+};
 use moonbox::proxy::txn::{Reply as TxnReply, Txn};
 use moonbox::sample::{Sample, VarName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,8 +25,12 @@ fn tag<'a>(txn: &'a mut Txn, args: &'a [String]) -> BoxFuture<'a, Result<Verdict
         // Waiting is allowed in actions.
         tokio::time::sleep(Duration::from_millis(5)).await;
         let var: VarName = "txn.tenant".parse().map_err(ExtError::Failed)?;
-        let v = txn.get_var(&var).map(|s| s.to_str().to_string()).unwrap_or_default();
-        let h = http::HeaderValue::from_str(&format!("{v}/{}", args.join(","))).map_err(|e| ExtError::Failed(e.to_string()))?;
+        let v = txn
+            .get_var(&var)
+            .map(|s| s.to_str().to_string())
+            .unwrap_or_default();
+        let h = http::HeaderValue::from_str(&format!("{v}/{}", args.join(",")))
+            .map_err(|e| ExtError::Failed(e.to_string()))?;
         if let Some(req) = txn.req.as_mut() {
             req.headers.insert("x-tag", h);
         }
@@ -56,12 +62,28 @@ fn res_stats<'a>(txn: &'a mut Txn, _: &'a [String]) -> BoxFuture<'a, Result<Verd
     Box::pin(async move {
         // Proxies and servers with their stats are readable from extensions.
         let world = txn.world.clone();
-        let be = world.backend("be").ok_or_else(|| ExtError::Failed("no be".into()))?;
-        let srv = be.server("s1").ok_or_else(|| ExtError::Failed("no s1".into()))?;
+        let be = world
+            .backend("be")
+            .ok_or_else(|| ExtError::Failed("no be".into()))?;
+        let srv = be
+            .server("s1")
+            .ok_or_else(|| ExtError::Failed("no s1".into()))?;
         let stats = srv.stats(be);
-        let get = |k: &str| stats.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+        let get = |k: &str| {
+            stats
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
         let be_stats = be.stats();
-        let be_get = |k: &str| be_stats.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+        let be_get = |k: &str| {
+            be_stats
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
         let v = format!(
             "{} scur={} stot={} be={}/{} {}",
             get("status"),
@@ -72,15 +94,24 @@ fn res_stats<'a>(txn: &'a mut Txn, _: &'a [String]) -> BoxFuture<'a, Result<Verd
             get("addr")
         );
         if let Some(res) = txn.res.as_mut() {
-            res.headers.insert("x-stats", http::HeaderValue::from_str(&v).map_err(|e| ExtError::Failed(e.to_string()))?);
+            res.headers.insert(
+                "x-stats",
+                http::HeaderValue::from_str(&v).map_err(|e| ExtError::Failed(e.to_string()))?,
+            );
         }
         Ok(Verdict::Continue)
     })
 }
 
-fn hello_service<'a>(txn: &'a mut Txn, applet: &'a mut HttpApplet) -> BoxFuture<'a, Result<(), ExtError>> {
+fn hello_service<'a>(
+    txn: &'a mut Txn,
+    applet: &'a mut HttpApplet,
+) -> BoxFuture<'a, Result<(), ExtError>> {
     Box::pin(async move {
-        let body = applet.receive(None).await.map_err(|e| ExtError::Failed(e.to_string()))?;
+        let body = applet
+            .receive(None)
+            .await
+            .map_err(|e| ExtError::Failed(e.to_string()))?;
         let msg = format!(
             "hello {} {} from {} ({} bytes)\n",
             applet.method,
@@ -90,21 +121,35 @@ fn hello_service<'a>(txn: &'a mut Txn, applet: &'a mut HttpApplet) -> BoxFuture<
         );
         applet.set_status(200, None);
         applet.add_header("content-type", "text/plain");
-        applet.start_response().map_err(|e| ExtError::Failed(e.to_string()))?;
-        applet.send(Bytes::from(msg)).await.map_err(|e| ExtError::Failed(e.to_string()))?;
+        applet
+            .start_response()
+            .map_err(|e| ExtError::Failed(e.to_string()))?;
+        applet
+            .send(Bytes::from(msg))
+            .await
+            .map_err(|e| ExtError::Failed(e.to_string()))?;
         Ok(())
     })
 }
 
-fn broken_service<'a>(_: &'a mut Txn, _: &'a mut HttpApplet) -> BoxFuture<'a, Result<(), ExtError>> {
+fn broken_service<'a>(
+    _: &'a mut Txn,
+    _: &'a mut HttpApplet,
+) -> BoxFuture<'a, Result<(), ExtError>> {
     Box::pin(async { Err(ExtError::Failed("service crashed".into())) })
 }
 
 fn tcp_upper<'a>(_: &'a mut Txn, applet: &'a mut TcpApplet) -> BoxFuture<'a, Result<(), ExtError>> {
     Box::pin(async move {
-        let line = applet.getline().await.map_err(|e| ExtError::Failed(e.to_string()))?;
+        let line = applet
+            .getline()
+            .await
+            .map_err(|e| ExtError::Failed(e.to_string()))?;
         let up = String::from_utf8_lossy(&line).to_uppercase();
-        applet.send(up.as_bytes()).await.map_err(|e| ExtError::Failed(e.to_string()))?;
+        applet
+            .send(up.as_bytes())
+            .await
+            .map_err(|e| ExtError::Failed(e.to_string()))?;
         Ok(())
     })
 }
@@ -124,11 +169,18 @@ fn registry() -> Registry {
             let add = args.first().and_then(|a| a.to_int()).unwrap_or(0);
             Ok(Some(Sample::Int(42 + add)))
         })
-        .fetch("broken", |_, _| Err(ExtError::Failed("fetch failed".into())))
-        .fetch("path_len", |txn, _| {
-            Ok(txn.req.as_ref().map(|r| Sample::Int(r.uri.path().len() as i64)))
+        .fetch("broken", |_, _| {
+            Err(ExtError::Failed("fetch failed".into()))
         })
-        .converter("rev", |_, input, _| Ok(Some(Sample::Str(input.to_str().chars().rev().collect()))))
+        .fetch("path_len", |txn, _| {
+            Ok(txn
+                .req
+                .as_ref()
+                .map(|r| Sample::Int(r.uri.path().len() as i64)))
+        })
+        .converter("rev", |_, input, _| {
+            Ok(Some(Sample::Str(input.to_str().chars().rev().collect())))
+        })
         .action("tag", &[Facility::HttpReq], 2, tag)
         .action("fail", &[Facility::HttpReq], 0, fail)
         .action("reply", &[Facility::HttpReq], 0, reply)
@@ -186,7 +238,10 @@ async fn actions_run_through_the_seam() -> Result<()> {
     // Response actions read proxies and servers with their stats.
     let r = get(a, "/").await?;
     let stats = r.header("x-stats").unwrap_or_default();
-    assert_eq!(stats, format!("no check scur=1 stot=3 be=BACKEND/1 {}", up.addr));
+    assert_eq!(
+        stats,
+        format!("no check scur=1 stot=3 be=BACKEND/1 {}", up.addr)
+    );
     Ok(())
 }
 
@@ -201,7 +256,12 @@ async fn fetches_and_converters_resolve_by_name() -> Result<()> {
     // A failing fetch yields no sample: the header is empty.
     assert_eq!(r.header("x-echo-x-broken").as_deref(), Some(""));
     // Extension fetches work in ACLs.
-    assert_eq!(get(p.addr("fe"), "/a/very/long/path/over/twenty").await?.status, 403);
+    assert_eq!(
+        get(p.addr("fe"), "/a/very/long/path/over/twenty")
+            .await?
+            .status,
+        403
+    );
     Ok(())
 }
 
@@ -229,9 +289,11 @@ async fn tasks_run_in_background() -> Result<()> {
     let up = Upstream::start("up", Behavior::Echo).await;
     let _p = proxy(&up).await?;
     let before = TASK_RUNS.load(Ordering::SeqCst);
-    eventually("task ran several times", Duration::from_secs(5), async || {
-        TASK_RUNS.load(Ordering::SeqCst) >= before + 3
-    })
+    eventually(
+        "task ran several times",
+        Duration::from_secs(5),
+        async || TASK_RUNS.load(Ordering::SeqCst) >= before + 3,
+    )
     .await;
     Ok(())
 }
@@ -240,16 +302,34 @@ async fn tasks_run_in_background() -> Result<()> {
 async fn bad_extension_names_are_config_errors() {
     let cases = [
         ("http-request t.nope", "extension 't' has no action 'nope'"),
-        ("http-request t.tag onlyone", "action 't.tag' expects 2 argument(s), got 1"),
-        ("http-response t.tag a b", "action 't.tag' is not registered for http-res"),
-        ("http-request set-header X %[t.nofetch]", "extension 't' has no fetch 'nofetch'"),
-        ("http-request set-header X %[path,t.noconv]", "extension 't' has no converter 'noconv'"),
-        ("http-request use-service t.upper", "service 't.upper' is a tcp service, http was expected here"),
+        (
+            "http-request t.tag onlyone",
+            "action 't.tag' expects 2 argument(s), got 1",
+        ),
+        (
+            "http-response t.tag a b",
+            "action 't.tag' is not registered for http-res",
+        ),
+        (
+            "http-request set-header X %[t.nofetch]",
+            "extension 't' has no fetch 'nofetch'",
+        ),
+        (
+            "http-request set-header X %[path,t.noconv]",
+            "extension 't' has no converter 'noconv'",
+        ),
+        (
+            "http-request use-service t.upper",
+            "service 't.upper' is a tcp service, http was expected here",
+        ),
         ("http-request lua.x", "unknown extension 'lua.x'"),
     ];
     for (line, want) in cases {
         let cfg = format!("defaults\n  mode http\nfrontend fe\n  bind 127.0.0.1:0\n  {line}\n");
-        let err = load(&cfg, registry()).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = load(&cfg, registry())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert_eq!(err, format!("test.cfg:5: {want}"), "for {line}");
     }
 }

@@ -19,7 +19,14 @@ fn cfg(up: &str, extra_fe: &str, extra_be: &str) -> String {
 async fn forwards_requests_and_bodies() -> Result<()> {
     let up = Upstream::start("up1", Behavior::Echo).await;
     let p = start(&cfg(&up.addr.to_string(), "", ""), Registry::new()).await?;
-    let r = request(p.addr("fe"), "POST", "/a/b?x=1", &[("x-custom", "v")], "hello body").await?;
+    let r = request(
+        p.addr("fe"),
+        "POST",
+        "/a/b?x=1",
+        &[("x-custom", "v")],
+        "hello body",
+    )
+    .await?;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "up1\n");
     assert_eq!(r.header("x-echo-path").as_deref(), Some("/a/b"));
@@ -37,7 +44,10 @@ async fn keep_alive_reuses_client_and_server_connections() -> Result<()> {
     let raw_req = b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
     let out = raw(p.addr("fe"), raw_req).await?;
     assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
-    assert!(out.contains("x-echo-path: /1") && out.contains("x-echo-path: /2"), "{out}");
+    assert!(
+        out.contains("x-echo-path: /1") && out.contains("x-echo-path: /2"),
+        "{out}"
+    );
     Ok(())
 }
 
@@ -59,7 +69,9 @@ async fn h2c_prior_knowledge_is_served() -> Result<()> {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(
-        resp.headers().get("x-echo-path").and_then(|v| v.to_str().ok()),
+        resp.headers()
+            .get("x-echo-path")
+            .and_then(|v| v.to_str().ok()),
         Some("/h2/path")
     );
     Ok(())
@@ -68,9 +80,16 @@ async fn h2c_prior_knowledge_is_served() -> Result<()> {
 #[tokio::test]
 async fn forwardfor_adds_client_address() -> Result<()> {
     let up = Upstream::start("up1", Behavior::Echo).await;
-    let p = start(&cfg(&up.addr.to_string(), "  option forwardfor", ""), Registry::new()).await?;
+    let p = start(
+        &cfg(&up.addr.to_string(), "  option forwardfor", ""),
+        Registry::new(),
+    )
+    .await?;
     let r = get(p.addr("fe"), "/").await?;
-    assert_eq!(r.header("x-echo-x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        r.header("x-echo-x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
     Ok(())
 }
 
@@ -93,7 +112,11 @@ async fn oversized_headers_get_431() -> Result<()> {
     let big = "x".repeat(64 * 1024);
     let req = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
     let out = raw(p.addr("fe"), req.as_bytes()).await?;
-    assert!(out.starts_with("HTTP/1.1 431"), "{}", &out[..out.len().min(200)]);
+    assert!(
+        out.starts_with("HTTP/1.1 431"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
     Ok(())
 }
 
@@ -140,6 +163,9 @@ async fn upstream_status_is_passed_through_and_counted() -> Result<()> {
     let be = w.backend("be").expect("backend");
     let srv = be.server("s1").expect("server");
     assert_eq!(moonbox::proxy::state::Counters::get(&srv.counters.stot), 1);
-    assert_eq!(moonbox::proxy::state::Counters::get(&be.counters.hrsp[3]), 1);
+    assert_eq!(
+        moonbox::proxy::state::Counters::get(&be.counters.hrsp[3]),
+        1
+    );
     Ok(())
 }

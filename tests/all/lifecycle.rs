@@ -17,7 +17,12 @@ async fn sigterm_lets_in_flight_requests_finish() -> Result<()> {
     let mut p = ProxyProcess::spawn(&["-f", &f.to_string_lossy()], 1)?;
     let addr = p.addrs[0];
     let inflight = tokio::spawn(async move { get(addr, "/").await });
-    eventually("request reached the server", Duration::from_secs(5), async || up.hits() == 1).await;
+    eventually(
+        "request reached the server",
+        Duration::from_secs(5),
+        async || up.hits() == 1,
+    )
+    .await;
     p.signal("TERM");
     let r = inflight.await??;
     assert_eq!((r.status, r.body.as_str()), (200, "slow\n"));
@@ -42,7 +47,10 @@ async fn sighup_reloads_without_dropping_connections() -> Result<()> {
     let f = dir.write("t.cfg", &cfg("one", ""));
     let p = ProxyProcess::spawn(&["-f", &f.to_string_lossy()], 1)?;
     let addr = p.addrs[0];
-    assert_eq!(get(addr, "/").await?.header("x-version").as_deref(), Some("one"));
+    assert_eq!(
+        get(addr, "/").await?.header("x-version").as_deref(),
+        Some("one")
+    );
     // A request in flight across the reload.
     let inflight = tokio::spawn(async move { get(addr, "/").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -55,14 +63,22 @@ async fn sighup_reloads_without_dropping_connections() -> Result<()> {
     })
     .await;
     // The same listening socket still accepts, and the new bind works.
-    assert_eq!(get(extra_addr, "/").await?.header("x-version").as_deref(), Some("two"));
+    assert_eq!(
+        get(extra_addr, "/").await?.header("x-version").as_deref(),
+        Some("two")
+    );
     // A broken configuration is refused and the running one stays.
     dir.write("t.cfg", "frontend broken\n  nonsense\n");
     p.signal("HUP");
-    eventually("reload failure logged", Duration::from_secs(5), async || {
-        p.stderr_lines().iter().any(|l| l.contains("reload failed"))
-    })
+    eventually(
+        "reload failure logged",
+        Duration::from_secs(5),
+        async || p.stderr_lines().iter().any(|l| l.contains("reload failed")),
+    )
     .await;
-    assert_eq!(get(addr, "/").await?.header("x-version").as_deref(), Some("two"));
+    assert_eq!(
+        get(addr, "/").await?.header("x-version").as_deref(),
+        Some("two")
+    );
     Ok(())
 }

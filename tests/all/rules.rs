@@ -33,7 +33,14 @@ async fn header_actions() -> Result<()> {
            http-response add-header X-Status %[status]",
     )
     .await?;
-    let r = request(p.addr("fe"), "GET", "/", &[("x-drop", "1"), ("x-rep", "v-old")], "").await?;
+    let r = request(
+        p.addr("fe"),
+        "GET",
+        "/",
+        &[("x-drop", "1"), ("x-rep", "v-old")],
+        "",
+    )
+    .await?;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-echo-x-set"), None, "deleted by http-response");
     assert_eq!(r.header("x-echo-x-add").as_deref(), Some("a"));
@@ -58,12 +65,30 @@ async fn request_line_actions() -> Result<()> {
     )
     .await?;
     let a = p.addr("fe");
-    assert_eq!(get(a, "/p/x?k=v").await?.header("x-echo-path").as_deref(), Some("/new/p/x"));
-    assert_eq!(get(a, "/p/x?k=v").await?.header("x-echo-query").as_deref(), Some("k=v"));
-    assert_eq!(get(a, "/q").await?.header("x-echo-query").as_deref(), Some("a=1"));
+    assert_eq!(
+        get(a, "/p/x?k=v").await?.header("x-echo-path").as_deref(),
+        Some("/new/p/x")
+    );
+    assert_eq!(
+        get(a, "/p/x?k=v").await?.header("x-echo-query").as_deref(),
+        Some("k=v")
+    );
+    assert_eq!(
+        get(a, "/q").await?.header("x-echo-query").as_deref(),
+        Some("a=1")
+    );
     let r = get(a, "/uri").await?;
-    assert_eq!((r.header("x-echo-path").as_deref(), r.header("x-echo-query").as_deref()), (Some("/u"), Some("z=9")));
-    assert_eq!(get(a, "/m").await?.header("x-echo-method").as_deref(), Some("PUT"));
+    assert_eq!(
+        (
+            r.header("x-echo-path").as_deref(),
+            r.header("x-echo-query").as_deref()
+        ),
+        (Some("/u"), Some("z=9"))
+    );
+    assert_eq!(
+        get(a, "/m").await?.header("x-echo-method").as_deref(),
+        Some("PUT")
+    );
     Ok(())
 }
 
@@ -112,11 +137,20 @@ async fn deny_return_redirect() -> Result<()> {
     assert_eq!((r.status, r.body.as_str()), (201, "hi there"));
     assert_eq!(r.header("content-type").as_deref(), Some("text/plain"));
     let r = get(a, "/loc").await?;
-    assert_eq!((r.status, r.header("location").as_deref()), (301, Some("https://example.com/x")));
+    assert_eq!(
+        (r.status, r.header("location").as_deref()),
+        (301, Some("https://example.com/x"))
+    );
     let r = get(a, "/pre/a?b=c").await?;
-    assert_eq!((r.status, r.header("location").as_deref()), (302, Some("https://new.example/pre/a?b=c")));
+    assert_eq!(
+        (r.status, r.header("location").as_deref()),
+        (302, Some("https://new.example/pre/a?b=c"))
+    );
     let r = get(a, "/sch").await?;
-    assert_eq!(r.header("location").as_deref(), Some("https://test.local/sch"));
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("https://test.local/sch")
+    );
     assert_eq!(up.hits(), 0, "nothing reached the server");
     Ok(())
 }
@@ -155,19 +189,37 @@ async fn acl_matching_methods() -> Result<()> {
     .await?;
     let a = p.addr("fe");
     let m = |r: &Reply| r.header("x-echo-x-m");
-    assert_eq!(m(&request(a, "GET", "/z", &[("x-a", "FOO")], "").await?).as_deref(), Some("str"));
+    assert_eq!(
+        m(&request(a, "GET", "/zzz", &[("x-a", "FOO")], "").await?).as_deref(),
+        Some("str")
+    );
     assert_eq!(m(&get(a, "/bzz").await?).as_deref(), Some("beg"));
     let r = get(a, "/img.png").await?;
     assert_eq!(m(&r).as_deref(), Some("end"));
     assert_eq!(r.header("x-echo-x-or").as_deref(), Some("yes"));
-    assert_eq!(m(&request(a, "GET", "/zz1", &[("user-agent", "googlebot/2")], "").await?).as_deref(), Some("sub"));
+    assert_eq!(
+        m(&request(a, "GET", "/zz1", &[("user-agent", "googlebot/2")], "").await?).as_deref(),
+        Some("sub")
+    );
     assert_eq!(m(&get(a, "/r12").await?).as_deref(), Some("reg"));
-    assert_eq!(m(&request(a, "GET", "/zzz", &[("x-f", "")], "").await?).as_deref(), Some("found"));
-    assert_eq!(m(&request(a, "GET", "/zzz", &[("x-i", "11")], "").await?).as_deref(), Some("int"));
-    assert_eq!(m(&request(a, "GET", "/zzz", &[("x-i", "9")], "").await?), None);
+    assert_eq!(
+        m(&request(a, "GET", "/zzz", &[("x-f", "")], "").await?).as_deref(),
+        Some("found")
+    );
+    assert_eq!(
+        m(&request(a, "GET", "/zzz", &[("x-i", "11")], "").await?).as_deref(),
+        Some("int")
+    );
+    assert_eq!(
+        m(&request(a, "GET", "/zzz", &[("x-i", "9")], "").await?),
+        None
+    );
     assert_eq!(m(&get(a, "/z").await?).as_deref(), Some("len"));
     assert_eq!(m(&get(a, "/a/sub/c").await?).as_deref(), Some("dir"));
-    assert_eq!(m(&request(a, "POST", "/zzz", &[], "x").await?).as_deref(), Some("meth"));
+    assert_eq!(
+        m(&request(a, "POST", "/zzz", &[], "x").await?).as_deref(),
+        Some("meth")
+    );
     let r = get(a, "/zzz").await?;
     assert_eq!(r.header("x-echo-x-dom").as_deref(), Some("yes"));
     assert_eq!(r.header("x-echo-x-not"), None);
@@ -186,7 +238,8 @@ async fn acl_patterns_from_file() -> Result<()> {
             up.addr
         ),
     );
-    let loaded = moonbox::config::load(&[cfg], Registry::new(), &mut |_, _| Ok(())).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loaded = moonbox::config::load(&[cfg], Registry::new(), &mut |_, _| Ok(()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let proxy = moonbox::proxy::Proxy::start(&loaded).await?;
     let a = proxy.local_addrs()[0].1;
     assert_eq!(get(a, "/two").await?.status, 403);
@@ -211,7 +264,7 @@ async fn converters_in_headers() -> Result<()> {
            http-request set-header X-Crc %[str(abc),crc32]\n\
            http-request set-header X-Sha %[str(abc),sha1,hex]\n\
            http-request set-header X-Mask %[src,ipmask(24)]\n\
-           http-request set-header X-Json %[str(a\"b),json]",
+           http-request set-header X-Json %[str(a\\\"b),json]",
     )
     .await?;
     let r = get(p.addr("fe"), "/").await?;
@@ -226,7 +279,10 @@ async fn converters_in_headers() -> Result<()> {
     assert_eq!(h("x-url").as_deref(), Some("a b"));
     assert_eq!(h("x-math").as_deref(), Some("10"));
     assert_eq!(h("x-crc").as_deref(), Some("891568578"));
-    assert_eq!(h("x-sha").as_deref(), Some("A9993E364706816ABA3E25717850C26C9CD0D89D"));
+    assert_eq!(
+        h("x-sha").as_deref(),
+        Some("A9993E364706816ABA3E25717850C26C9CD0D89D")
+    );
     assert_eq!(h("x-mask").as_deref(), Some("127.0.0.0"));
     assert_eq!(h("x-json").as_deref(), Some("a\\\"b"));
     Ok(())
@@ -245,7 +301,8 @@ async fn maps_route_and_convert() -> Result<()> {
             up.addr
         ),
     );
-    let loaded = moonbox::config::load(&[cfg], Registry::new(), &mut |_, _| Ok(())).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loaded = moonbox::config::load(&[cfg], Registry::new(), &mut |_, _| Ok(()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let proxy = moonbox::proxy::Proxy::start(&loaded).await?;
     let a = proxy.local_addrs()[0].1;
     let r = get(a, "/").await?;
@@ -315,8 +372,14 @@ async fn use_backend_with_conditions() -> Result<()> {
     let a = p.addr("fe");
     assert_eq!(get(a, "/x").await?.body, "one\n");
     assert_eq!(get(a, "/api/v1").await?.body, "two\n");
-    assert_eq!(request(a, "GET", "/x", &[("x-be", "b2")], "").await?.body, "two\n");
-    assert_eq!(request(a, "GET", "/x", &[("x-be", "nope")], "").await?.body, "one\n");
+    assert_eq!(
+        request(a, "GET", "/x", &[("x-be", "b2")], "").await?.body,
+        "two\n"
+    );
+    assert_eq!(
+        request(a, "GET", "/x", &[("x-be", "nope")], "").await?.body,
+        "one\n"
+    );
     Ok(())
 }
 
@@ -335,9 +398,11 @@ async fn access_log_line_has_httplog_shape() -> Result<()> {
     let p = ProxyProcess::spawn(&["-f", &cfg], 1)?;
     get(p.addrs[0], "/logged?a=1").await?;
     let lines = p.stdout.clone();
-    eventually("an access log line", std::time::Duration::from_secs(5), async || {
-        lines.lock().map(|v| !v.is_empty()).unwrap_or(false)
-    })
+    eventually(
+        "an access log line",
+        std::time::Duration::from_secs(5),
+        async || lines.lock().map(|v| !v.is_empty()).unwrap_or(false),
+    )
     .await;
     let line = p.stdout_lines()[0].clone();
     // 127.0.0.1:PORT [DATE] web app/srv1 TR/Tw/Tc/Tr/Ta 200 BYTES - - ---- ... "GET /logged?a=1 HTTP/1.1"

@@ -15,7 +15,9 @@ async fn echo_server(name: &'static str) -> std::net::SocketAddr {
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { continue };
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
                 loop {
@@ -83,7 +85,9 @@ async fn tcp_connection_rules_filter_sources() -> Result<()> {
     let mut s = TcpStream::connect(p.addr("deny_local")).await?;
     let _ = s.write_all(b"x").await;
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await?.unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await?
+        .unwrap_or(0);
     assert_eq!(n, 0);
     Ok(())
 }
@@ -98,7 +102,9 @@ async fn tcp_every_server_down_closes() -> Result<()> {
     let mut s = TcpStream::connect(p.addr("lt")).await?;
     let _ = s.write_all(b"x").await;
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await?.unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await?
+        .unwrap_or(0);
     assert_eq!(n, 0);
     Ok(())
 }
