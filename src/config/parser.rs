@@ -134,10 +134,10 @@ pub fn load_sources(
     for s in sections.iter().filter(|s| s.kind == RawKind::Global) {
         parse_global(s, &mut global, &mut errors);
     }
-    if errors.is_empty() {
-        if let Err(mut e) = loader(&global, &mut registry) {
-            errors.append(&mut e);
-        }
+    if errors.is_empty()
+        && let Err(mut e) = loader(&global, &mut registry)
+    {
+        errors.append(&mut e);
     }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
@@ -283,13 +283,14 @@ fn split_sections(
             } else {
                 name.clear();
             }
-            if let RawKind::Proxy(sec) = kind {
-                if sec != Section::Defaults && name.is_empty() {
-                    errors.push(ConfigError::at(
-                        &loc,
-                        format!("'{kw}' needs a name, expected '{kw} NAME'"),
-                    ));
-                }
+            if let RawKind::Proxy(sec) = kind
+                && sec != Section::Defaults
+                && name.is_empty()
+            {
+                errors.push(ConfigError::at(
+                    &loc,
+                    format!("'{kw}' needs a name, expected '{kw} NAME'"),
+                ));
             }
             match rest {
                 [] => {}

@@ -152,11 +152,11 @@ impl HttpApplet {
                 }
                 Some(Err(e)) => return Err(AppletError::Io(e.to_string())),
                 Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        if !data.is_empty() {
-                            self.pending.extend_from_slice(&data);
-                            return Ok(true);
-                        }
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        self.pending.extend_from_slice(&data);
+                        return Ok(true);
                     }
                 }
             }

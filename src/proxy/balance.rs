@@ -62,14 +62,14 @@ pub fn pick(backend: &ProxyRt, src: IpAddr) -> Option<Arc<ServerRt>> {
                 }
             };
             let h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-            weighted_index(&candidates, h).map(|s| Arc::clone(s))
+            weighted_index(&candidates, h).map(Arc::clone)
         }
     }
 }
 
 fn round_robin(backend: &ProxyRt, candidates: &[&Arc<ServerRt>]) -> Option<Arc<ServerRt>> {
     let n = backend.rr.fetch_add(1, Ordering::Relaxed);
-    weighted_index(candidates, n).map(|s| Arc::clone(s))
+    weighted_index(candidates, n).map(Arc::clone)
 }
 
 /// Maps `n` onto the servers in proportion to their weights.

@@ -52,14 +52,14 @@ pub async fn handle(
     info.t_request = Some(Duration::ZERO);
     let mut body = Some(body);
 
-    if fe.config.options.buffer_request {
-        if let Some(b) = body.take() {
-            match b.collect().await {
-                Ok(c) => txn.req_body = Some(c.to_bytes()),
-                Err(_) => {
-                    info.term = *b"CR--";
-                    return Ok(finish_reply(txn, error_reply(400), info, request_line, None).await);
-                }
+    if fe.config.options.buffer_request
+        && let Some(b) = body.take()
+    {
+        match b.collect().await {
+            Ok(c) => txn.req_body = Some(c.to_bytes()),
+            Err(_) => {
+                info.term = *b"CR--";
+                return Ok(finish_reply(txn, error_reply(400), info, request_line, None).await);
             }
         }
     }
@@ -209,21 +209,19 @@ fn prepare_upstream_request(
     addr: SocketAddr,
 ) {
     // Host: keep the client's; h2 requests carry it in the URI authority.
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
     }
     strip_hop_by_hop(&mut parts.headers);
-    if let Some(ff) = &fe.config.options.forwardfor {
-        if let Ok(name) = HeaderName::from_bytes(ff.header.as_bytes()) {
-            if !(ff.if_none && parts.headers.contains_key(&name)) {
-                let ip = txn.sess.src.ip().to_string();
-                parts.headers.append(name, header_value(&ip));
-            }
-        }
+    if let Some(ff) = &fe.config.options.forwardfor
+        && let Ok(name) = HeaderName::from_bytes(ff.header.as_bytes())
+        && !(ff.if_none && parts.headers.contains_key(&name))
+    {
+        let ip = txn.sess.src.ip().to_string();
+        parts.headers.append(name, header_value(&ip));
     }
     let pq = parts
         .uri
@@ -344,15 +342,15 @@ async fn respond(
         &mut txn,
     )
     .await;
-    if let Some(be) = txn.backend.clone() {
-        if !Arc::ptr_eq(&be, &fe) {
-            let _ = rules::run(
-                &be.config.http_after_response,
-                Facility::HttpAfterRes,
-                &mut txn,
-            )
-            .await;
-        }
+    if let Some(be) = txn.backend.clone()
+        && !Arc::ptr_eq(&be, &fe)
+    {
+        let _ = rules::run(
+            &be.config.http_after_response,
+            Facility::HttpAfterRes,
+            &mut txn,
+        )
+        .await;
     }
     let mut parts = match txn.res.take() {
         Some(p) => p,
@@ -366,10 +364,10 @@ async fn respond(
     let status = parts.status.as_u16();
     info.status = Some(status);
     fe.counters.count_status(status);
-    if let Some(be) = &txn.backend {
-        if !Arc::ptr_eq(be, &fe) {
-            be.counters.count_status(status);
-        }
+    if let Some(be) = &txn.backend
+        && !Arc::ptr_eq(be, &fe)
+    {
+        be.counters.count_status(status);
     }
     let log = if logs(&fe) {
         Some(LogCtx::new(&txn, request_line, info))

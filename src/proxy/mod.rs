@@ -75,10 +75,10 @@ pub fn build_world(loaded: &Loaded) -> Arc<World> {
 pub fn select_backend(fe: &Arc<ProxyRt>, txn: &mut Txn) -> Option<Arc<ProxyRt>> {
     let world = txn.world.clone();
     for ub in &fe.config.use_backends {
-        if let Some(c) = &ub.cond {
-            if !c.eval(txn) {
-                continue;
-            }
+        if let Some(c) = &ub.cond
+            && !c.eval(txn)
+        {
+            continue;
         }
         let name = match &ub.target {
             BackendTarget::Name(n) => n.clone(),

@@ -26,10 +26,10 @@ pub enum Flow {
 /// Runs the rules in order until one ends the list.
 pub async fn run(rules: &[Rule], facility: Facility, txn: &mut Txn) -> Flow {
     for rule in rules {
-        if let Some(cond) = &rule.cond {
-            if !cond.eval(txn) {
-                continue;
-            }
+        if let Some(cond) = &rule.cond
+            && !cond.eval(txn)
+        {
+            continue;
         }
         match apply(rule, facility, txn).await {
             Step::Next => {}
@@ -58,18 +58,18 @@ async fn apply(rule: &Rule, facility: Facility, txn: &mut Txn) -> Step {
     match &rule.action {
         Action::SetHeader { name, value } => {
             let v = header_value(&value.eval(txn));
-            if let Some(h) = headers_mut(txn, res) {
-                if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                    h.insert(n, v);
-                }
+            if let Some(h) = headers_mut(txn, res)
+                && let Ok(n) = HeaderName::from_bytes(name.as_bytes())
+            {
+                h.insert(n, v);
             }
         }
         Action::AddHeader { name, value } => {
             let v = header_value(&value.eval(txn));
-            if let Some(h) = headers_mut(txn, res) {
-                if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                    h.append(n, v);
-                }
+            if let Some(h) = headers_mut(txn, res)
+                && let Ok(n) = HeaderName::from_bytes(name.as_bytes())
+            {
+                h.append(n, v);
             }
         }
         Action::DelHeader { name } => {

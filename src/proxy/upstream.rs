@@ -196,11 +196,11 @@ impl HttpBody for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(c) = self.conn.as_mut() {
-            if c.driver.as_mut().poll(cx).is_ready() {
-                // The connection ended; the body reports how.
-                self.conn = None;
-            }
+        if let Some(c) = self.conn.as_mut()
+            && c.driver.as_mut().poll(cx).is_ready()
+        {
+            // The connection ended; the body reports how.
+            self.conn = None;
         }
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
