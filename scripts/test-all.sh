@@ -19,6 +19,12 @@ if ((${#need_apt[@]})); then
     fi
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+# The Wasm guests the tests load (guests/, a separate workspace).
+bash scripts/build-guests.sh
+(cd guests && cargo fmt --all -- --check)
+(cd guests && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/../target}" cargo clippy --release --locked -- -D warnings)
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -8,8 +8,12 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use crate::config::{self, ConfigError, ConfigErrors, Loaded};
-use crate::ext::Registry;
+use std::sync::Arc;
+
+use crate::config::model::ExtLoad;
+use crate::ext::{Extension, Facility, Registration, Registry, ServiceMode};
 use crate::proxy::Proxy;
+use crate::wasm;
 
 /// A reverse proxy that HAProxy users recognise, with extensions sandboxed
 /// in WebAssembly.
@@ -40,6 +44,12 @@ pub struct Args {
     #[arg(long)]
     pub print_config: bool,
 
+    /// Quick mode: load a Wasm extension (repeatable). Its http-req actions
+    /// run on every request, its http-res actions on every response, its
+    /// http service answers when there is no backend, its tasks run.
+    #[arg(long = "ext", value_name = "FILE.wasm")]
+    pub exts: Vec<PathBuf>,
+
     /// Only log warnings and errors.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -66,17 +76,49 @@ pub fn init_logging(quiet: bool) {
 /// Where the configuration comes from.
 enum Source {
     Files(Vec<PathBuf>),
-    Text(String),
+    /// Quick mode: generated text, and the extensions loaded to write it.
+    Text(String, Vec<Preloaded>),
+}
+
+/// An extension loaded before its configuration was written (quick mode).
+#[derive(Clone)]
+struct Preloaded {
+    file: PathBuf,
+    ext: Arc<dyn Extension>,
 }
 
 impl Source {
     fn load(&self) -> Result<Loaded, ConfigErrors> {
-        let mut loader = |_: &config::model::Global,
-                          _: &mut Registry|
-         -> Result<(), Vec<ConfigError>> { Ok(()) };
+        let pre: &[Preloaded] = match self {
+            Source::Files(_) => &[],
+            Source::Text(_, p) => p,
+        };
+        let mut loader =
+            |g: &config::model::Global, reg: &mut Registry| -> Result<(), Vec<ConfigError>> {
+                let workers = g.nbthread.unwrap_or(1);
+                let mut errors = Vec::new();
+                for l in &g.ext_loads {
+                    if let Some(p) = pre.iter().find(|p| p.file == l.file) {
+                        reg.add(Arc::clone(&p.ext));
+                        continue;
+                    }
+                    match load_extension(l, workers) {
+                        Ok(ext) => reg.add(ext),
+                        Err(e) => errors.push(ConfigError::at(
+                            &l.loc,
+                            format!("cannot load extension '{}': {e:#}", l.file.display()),
+                        )),
+                    }
+                }
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(errors)
+                }
+            };
         match self {
             Source::Files(f) => config::load(f, Registry::new(), &mut loader),
-            Source::Text(t) => config::load_sources(
+            Source::Text(t, _) => config::load_sources(
                 &[(PathBuf::from("<quick mode>"), t.clone())],
                 Registry::new(),
                 &mut loader,
@@ -85,17 +127,87 @@ impl Source {
     }
 }
 
+/// Loads the extension of an `ext-load` line.
+fn load_extension(l: &ExtLoad, workers: usize) -> anyhow::Result<Arc<dyn Extension>> {
+    let settings = wasm::Settings::from_load(l, workers)?;
+    Ok(Arc::new(wasm::WasmExtension::load(&l.file, settings)?))
+}
+
+/// Quick mode's `--ext` files, loaded with default limits so that their
+/// registrations can be written into the configuration.
+fn preload(files: &[PathBuf]) -> anyhow::Result<Vec<Preloaded>> {
+    let mut out: Vec<Preloaded> = Vec::new();
+    for file in files {
+        let l = ExtLoad::for_file(file.clone());
+        if out.iter().any(|p| p.ext.namespace() == l.namespace) {
+            bail!("two extensions named '{}': rename one file", l.namespace);
+        }
+        let ext = load_extension(&l, 1)
+            .with_context(|| format!("cannot load extension '{}'", file.display()))?;
+        out.push(Preloaded {
+            file: file.clone(),
+            ext,
+        });
+    }
+    Ok(out)
+}
+
 /// The configuration quick mode stands for.
 pub fn quick_config(listen: &str, backend: Option<&str>) -> anyhow::Result<String> {
+    quick_config_with(listen, backend, &[])
+}
+
+/// Quick mode with extensions: each is `ext-load`ed; its http-req actions
+/// run on every request and its http-res actions on every response (those
+/// that take no argument); its first http service answers when there is no
+/// backend.
+fn quick_config_with(
+    listen: &str,
+    backend: Option<&str>,
+    exts: &[Preloaded],
+) -> anyhow::Result<String> {
     let listen = if listen.contains(':') {
         listen.to_string()
     } else {
         format!(":{listen}")
     };
     let mut s = String::new();
-    s.push_str("global\n    log stdout format raw local0\n\n");
+    s.push_str("global\n    log stdout format raw local0\n");
+    for p in exts {
+        s.push_str(&format!(
+            "    ext-load {} as {}\n",
+            quote_word(&p.file.display().to_string()),
+            p.ext.namespace()
+        ));
+    }
+    s.push('\n');
     s.push_str("defaults\n    mode http\n    log global\n    option httplog\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\n");
     s.push_str(&format!("frontend quick\n    bind {listen}\n"));
+    let mut service = None;
+    for p in exts {
+        let ns = p.ext.namespace();
+        for r in p.ext.registrations() {
+            match r {
+                Registration::Action {
+                    name,
+                    facilities,
+                    nargs: 0,
+                } => {
+                    if facilities.contains(&Facility::HttpReq) {
+                        s.push_str(&format!("    http-request {ns}.{name}\n"));
+                    }
+                    if facilities.contains(&Facility::HttpRes) {
+                        s.push_str(&format!("    http-response {ns}.{name}\n"));
+                    }
+                }
+                Registration::Service {
+                    name,
+                    mode: ServiceMode::Http,
+                } if service.is_none() => service = Some(format!("{ns}.{name}")),
+                _ => {}
+            }
+        }
+    }
     if let Some(url) = backend {
         let uri: http::Uri = url
             .parse()
@@ -109,6 +221,8 @@ pub fn quick_config(listen: &str, backend: Option<&str>) -> anyhow::Result<Strin
         let port = uri.port_u16().unwrap_or(80);
         s.push_str("    default_backend app\n\n");
         s.push_str(&format!("backend app\n    server app1 {host}:{port}\n"));
+    } else if let Some(svc) = service {
+        s.push_str(&format!("    http-request use-service {svc}\n"));
     } else {
         s.push_str("    http-request return status 503 content-type text/plain string \"no backend configured\\n\"\n");
     }
@@ -122,21 +236,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let source = if !args.files.is_empty() {
-        if args.listen.is_some() || args.backend.is_some() {
-            bail!("--listen and --backend are for quick mode, without -f");
+        if args.listen.is_some() || args.backend.is_some() || !args.exts.is_empty() {
+            bail!("--listen, --backend and --ext are for quick mode, without -f");
         }
         Source::Files(args.files.clone())
-    } else if args.listen.is_some() || args.backend.is_some() || args.print_config {
+    } else if args.listen.is_some()
+        || args.backend.is_some()
+        || args.print_config
+        || !args.exts.is_empty()
+    {
         let listen = args
             .listen
             .clone()
             .unwrap_or_else(|| "127.0.0.1:8080".to_string());
-        Source::Text(quick_config(&listen, args.backend.as_deref())?)
+        let pre = preload(&args.exts)?;
+        Source::Text(
+            quick_config_with(&listen, args.backend.as_deref(), &pre)?,
+            pre,
+        )
     } else {
         bail!("no configuration: use -f FILE, or --listen ADDR --backend URL (see --help)");
     };
     if args.print_config {
-        if let Source::Text(t) = &source {
+        if let Source::Text(t, _) = &source {
             print!("{t}");
             return Ok(ExitCode::SUCCESS);
         }
@@ -214,4 +336,15 @@ async fn serve(source: Source, loaded: Loaded) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Quotes a word for the configuration when it needs it.
+fn quote_word(s: &str) -> String {
+    if s.bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'\\' | b'#' | b'$'))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }

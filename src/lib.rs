@@ -5,7 +5,7 @@
 //! (`proxy`). A request flows listener -> rules (`sample`, `acl`) ->
 //! extension calls through `ext` -> backend or service.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod acl;
 pub mod cli;
@@ -13,3 +13,4 @@ pub mod config;
 pub mod ext;
 pub mod proxy;
 pub mod sample;
+pub mod wasm;

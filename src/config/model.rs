@@ -118,6 +118,33 @@ pub struct ExtLoad {
     pub loc: Loc,
 }
 
+impl ExtLoad {
+    /// `ext-load FILE` with nothing else: the namespace is the file stem,
+    /// limits and policy are the defaults.
+    pub fn for_file(file: PathBuf) -> ExtLoad {
+        let namespace = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        ExtLoad {
+            file,
+            namespace,
+            fuel: None,
+            timeout: None,
+            memory: None,
+            instances: None,
+            isolation: Isolation::Pooled,
+            on_error: OnError::Continue,
+            allow_connect: Vec::new(),
+            args: Vec::new(),
+            loc: Loc {
+                file: Arc::from("<command line>"),
+                line: 0,
+            },
+        }
+    }
+}
+
 /// Timeouts of a proxy (`timeout ...`).
 #[derive(Debug, Clone, Default)]
 pub struct Timeouts {

@@ -499,24 +499,8 @@ fn parse_ext_load(base_dir: &Path, loc: &Loc, w: &[String]) -> Result<ExtLoad, S
     let file = w
         .get(1)
         .ok_or("'ext-load' expects a file, expected 'ext-load FILE.wasm [as NS] [fuel N] [timeout T] [memory SIZE] [instances N] [isolation pooled|per-request] [on-error continue|deny|500] [allow-connect ADDR:PORT ...] [ARGS...]'")?;
-    let path = resolve_path(base_dir, file);
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let mut e = ExtLoad {
-        file: path,
-        namespace: stem,
-        fuel: None,
-        timeout: None,
-        memory: None,
-        instances: None,
-        isolation: Isolation::Pooled,
-        on_error: OnError::Continue,
-        allow_connect: Vec::new(),
-        args: Vec::new(),
-        loc: loc.clone(),
-    };
+    let mut e = ExtLoad::for_file(resolve_path(base_dir, file));
+    e.loc = loc.clone();
     let mut i = 2;
     let val = |i: usize, what: &str| -> Result<&String, String> {
         w.get(i + 1)

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::config::model::OnError;
 use crate::proxy::txn::Txn;
 use crate::sample::Sample;
 
@@ -143,6 +144,11 @@ pub trait Extension: Send + Sync + 'static {
 
     /// The names this extension registered at load.
     fn registrations(&self) -> Vec<Registration>;
+
+    /// What a failing action costs the request (`ext-load ... on-error`).
+    fn on_error(&self) -> OnError {
+        OnError::Continue
+    }
 
     /// Runs a sample fetch. `Ok(None)` means "no sample".
     fn fetch(&self, name: &str, txn: &mut Txn, args: &[Sample])

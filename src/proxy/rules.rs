@@ -7,7 +7,7 @@ use http::{HeaderName, Method, Uri};
 use tracing::Instrument;
 
 use super::txn::{Reply, Txn, header_value};
-use crate::config::model::{Action, Redirect, RedirectKind, ReturnSpec, Rule};
+use crate::config::model::{Action, OnError, Redirect, RedirectKind, ReturnSpec, Rule};
 use crate::ext::{ExtRef, Facility, Verdict};
 
 /// What the transaction does after a rule list.
@@ -160,9 +160,24 @@ async fn apply(rule: &Rule, facility: Facility, txn: &mut Txn) -> Step {
                 Ok(v) => v,
                 Err(e) => {
                     // HAProxy's policy: a failing action is logged and the
-                    // rules go on.
-                    tracing::warn!("{}: action '{}' failed: {e}", rule.loc, r.full);
-                    Verdict::Continue
+                    // rules go on, unless the extension's `on-error` says
+                    // otherwise.
+                    let policy = r.ext.on_error();
+                    tracing::warn!(
+                        "{}: action '{}' failed: {e}; {}",
+                        rule.loc,
+                        r.full,
+                        match policy {
+                            OnError::Continue => "rules go on",
+                            OnError::Deny => "denied",
+                            OnError::Status500 => "answered 500",
+                        }
+                    );
+                    match policy {
+                        OnError::Continue => Verdict::Continue,
+                        OnError::Deny => Verdict::Deny,
+                        OnError::Status500 => Verdict::Error,
+                    }
                 }
             };
             if let Some(reply) = txn.reply.take() {
@@ -192,7 +207,7 @@ fn headers_mut(txn: &mut Txn, res: bool) -> Option<&mut http::HeaderMap> {
     }
 }
 
-fn replace_header(
+pub(crate) fn replace_header(
     h: &mut http::HeaderMap,
     name: &str,
     re: &regex::Regex,
@@ -252,7 +267,7 @@ fn haproxy_backrefs(s: &str) -> String {
     out
 }
 
-fn set_uri_part(txn: &mut Txn, f: impl FnOnce(&Uri) -> String) {
+pub(crate) fn set_uri_part(txn: &mut Txn, f: impl FnOnce(&Uri) -> String) {
     let Some(req) = txn.req.as_mut() else {
         return;
     };

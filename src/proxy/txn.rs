@@ -119,6 +119,33 @@ impl Txn {
         }
     }
 
+    /// An empty transaction of the same session, to stand in while this one
+    /// is lent to an extension's store for one call. It allocates nothing.
+    pub fn placeholder(&self) -> Txn {
+        Txn {
+            world: Arc::clone(&self.world),
+            sess: Arc::clone(&self.sess),
+            frontend: Arc::clone(&self.frontend),
+            backend: None,
+            server: None,
+            phase: self.phase,
+            vars_txn: Vars::default(),
+            vars_req: Vars::default(),
+            vars_res: Vars::default(),
+            req: None,
+            req_body: None,
+            res: None,
+            payload: Bytes::new(),
+            privs: HashMap::new(),
+            reply: None,
+            done: false,
+            service: None,
+            started: self.started,
+            started_at: self.started_at,
+            id: self.id,
+        }
+    }
+
     /// Reads a variable of any scope.
     pub fn get_var(&self, var: &VarName) -> Option<Sample> {
         match var.scope {

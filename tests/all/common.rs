@@ -263,8 +263,14 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts `proxy ARGS` and waits until it listens on `nbinds` addresses.
     pub fn spawn(args: &[&str], nbinds: usize) -> Result<ProxyProcess> {
+        Self::spawn_env(args, &[], nbinds)
+    }
+
+    /// Like [`spawn`](Self::spawn) with extra environment variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)], nbinds: usize) -> Result<ProxyProcess> {
         let mut child = Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -369,4 +375,46 @@ pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// Where the Wasm guests built by scripts/build-guests.sh are: next to this
+/// test binary's target directory, or `$MOONBOX_GUESTS`.
+pub fn guests_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MOONBOX_GUESTS") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/all-HASH -> target
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("target directory")
+        .to_path_buf();
+    target.join("wasm32-wasip2/release")
+}
+
+/// The path of a built guest, e.g. `guest("testkit")`.
+pub fn guest(name: &str) -> String {
+    let p = guests_dir().join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: build the guests first (bash scripts/build-guests.sh)",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+/// Waits until one of the process's stderr lines satisfies `f`.
+pub fn wait_stderr(p: &ProxyProcess, what: &str, timeout: Duration, f: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if p.stderr_lines().iter().any(|l| f(l)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "timed out waiting for {what}; stderr: {:#?}",
+        p.stderr_lines()
+    );
 }

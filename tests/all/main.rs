@@ -10,3 +10,4 @@ mod http;
 mod lifecycle;
 mod rules;
 mod tcp;
+mod wasm;

@@ -1,0 +1,315 @@
+//! One instance of an extension: its store, its limits, and the driver of
+//! every guest call, which turns traps, fuel and time exhaustion, memory
+//! caps and blocked WASI calls into [`Fault`]s.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::Extension as Bindings;
+use super::engine::EPOCH_TICK;
+use super::host::stdio::GuestOutput;
+use crate::proxy::state::World;
+use crate::proxy::txn::Txn;
+
+/// What the host knows about the invocation being run, for the imports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Point {
+    Init,
+    Fetch,
+    Converter,
+    Action,
+    Service,
+    Task,
+}
+
+impl Point {
+    pub fn name(self) -> &'static str {
+        match self {
+            Point::Init => "init",
+            Point::Fetch => "fetch",
+            Point::Converter => "converter",
+            Point::Action => "action",
+            Point::Service => "service",
+            Point::Task => "task",
+        }
+    }
+}
+
+/// The request an HTTP service answers, as `applet.request` returns it.
+pub type AppletRequest = super::bindings::moonbox::ext::applet::HttpRequest;
+
+/// The store's data: WASI, limits, and what the current call may reach.
+pub struct Ctx {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limits: Limits,
+    /// The namespace, for logs.
+    pub ns: Arc<str>,
+    /// The transaction, lent for the duration of one call.
+    pub txn: Option<Txn>,
+    /// The running proxy (proxies, maps); set before each call.
+    pub world: Option<Arc<World>>,
+    /// The request of the service being run.
+    pub applet: Option<AppletRequest>,
+    pub point: Point,
+}
+
+impl WasiView for Ctx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Memory and table caps of one instance. Passing one traps the call and
+/// records why, so the fault names it.
+pub struct Limits {
+    memory: usize,
+    pub exceeded: Option<usize>,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            self.exceeded = Some(desired);
+            return Err(wasmtime::format_err!(
+                "memory limit of {} bytes exceeded (wanted {desired})",
+                self.memory
+            ));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// Why a call failed in a way that kills its instance.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Fault {
+    #[error("fuel exhausted")]
+    Fuel,
+    #[error("time limit of {0:?} exceeded")]
+    Timeout(Duration),
+    #[error("memory limit of {limit} bytes exceeded")]
+    Memory { limit: usize },
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error(
+        "blocked in a WASI call; waiting is only possible through moonbox's io (sleep, sockets, applets) in actions, services and tasks"
+    )]
+    Blocked,
+    #[error("instance unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What a call may use.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    /// Fuel left; each call takes what it burns.
+    pub fuel: u64,
+    /// When the invocation must be over.
+    pub deadline: Instant,
+    /// The longest one call may run, whatever the deadline.
+    pub per_call: Duration,
+}
+
+/// A live instance: a store with its bindings. Calls lock it one at a time;
+/// waiting invocations do not hold it.
+pub struct Inst {
+    inner: Mutex<Live>,
+}
+
+struct Live {
+    store: Store<Ctx>,
+    bindings: Bindings,
+    dead: Option<Fault>,
+}
+
+/// The outcome of one guest call, with the fuel it burnt.
+pub struct Called<R> {
+    pub result: Result<R, Fault>,
+    pub fuel: u64,
+}
+
+impl Inst {
+    /// Instantiates `pre` in a new store.
+    pub async fn new(
+        engine: &wasmtime::Engine,
+        pre: &super::bindings::ExtensionPre<Ctx>,
+        ns: Arc<str>,
+        memory: u64,
+    ) -> anyhow::Result<Inst> {
+        let wasi = wasmtime_wasi::WasiCtx::builder()
+            .stdout(GuestOutput::new(Arc::clone(&ns), false))
+            .stderr(GuestOutput::new(Arc::clone(&ns), true))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let ctx = Ctx {
+            wasi,
+            table: ResourceTable::new(),
+            limits: Limits {
+                memory: usize::try_from(memory).unwrap_or(usize::MAX),
+                exceeded: None,
+            },
+            ns,
+            txn: None,
+            world: None,
+            applet: None,
+            point: Point::Init,
+        };
+        let mut store = Store::new(engine, ctx);
+        store.limiter(|c| &mut c.limits);
+        store.epoch_deadline_trap();
+        store.set_fuel(u64::MAX).map_err(anyhow::Error::from)?;
+        store.set_epoch_deadline(u64::MAX / 2);
+        let bindings = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(anyhow::Error::from)?;
+        Ok(Inst {
+            inner: Mutex::new(Live {
+                store,
+                bindings,
+                dead: None,
+            }),
+        })
+    }
+
+    /// Whether a call killed this instance.
+    pub fn dead(&self) -> Option<Fault> {
+        self.inner.lock().dead.clone()
+    }
+
+    /// Runs one guest call with `txn` lent to the store, under the budget.
+    /// The call must not wait: a guest that blocks in WASI is stopped.
+    pub fn call<R>(
+        &self,
+        point: Point,
+        txn: Option<&mut Txn>,
+        world: Option<&Arc<World>>,
+        applet: Option<AppletRequest>,
+        budget: &Budget,
+        f: impl for<'a> FnOnce(
+            &'a Bindings,
+            &'a mut Store<Ctx>,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>,
+        >,
+    ) -> Called<R> {
+        let mut live = self.inner.lock();
+        if let Some(f) = &live.dead {
+            return Called {
+                result: Err(Fault::Unavailable(f.to_string())),
+                fuel: 0,
+            };
+        }
+        let now = Instant::now();
+        let left = budget.deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            return Called {
+                result: Err(Fault::Timeout(budget.per_call)),
+                fuel: 0,
+            };
+        }
+        let slice = left.min(budget.per_call);
+        let ticks = slice.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64 + 1;
+        let Live {
+            store,
+            bindings,
+            dead,
+        } = &mut *live;
+        {
+            let ctx = store.data_mut();
+            ctx.point = point;
+            ctx.world = world
+                .cloned()
+                .or_else(|| txn.as_ref().map(|t| Arc::clone(&t.world)));
+            ctx.applet = applet;
+            ctx.limits.exceeded = None;
+        }
+        let mut txn = txn;
+        if let Some(t) = txn.as_deref_mut() {
+            let placeholder = t.placeholder();
+            store.data_mut().txn = Some(std::mem::replace(t, placeholder));
+        }
+        let fuel_before = budget.fuel.max(1);
+        let result = match store.set_fuel(fuel_before) {
+            Ok(()) => {
+                store.set_epoch_deadline(ticks);
+                drive_ready(f(bindings, store))
+            }
+            Err(e) => Some(Err(e)),
+        };
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let ctx = store.data_mut();
+        if let Some(t) = txn
+            && let Some(back) = ctx.txn.take()
+        {
+            *t = back;
+        }
+        ctx.applet = None;
+        let exceeded = ctx.limits.exceeded.take();
+        let result = match result {
+            Some(Ok(r)) => Ok(r),
+            None => Err(Fault::Blocked),
+            Some(Err(e)) => Err(classify(e, exceeded, slice, ctx.limits.memory)),
+        };
+        if let Err(f) = &result {
+            *dead = Some(f.clone());
+        }
+        Called {
+            result,
+            fuel: fuel_before.saturating_sub(fuel_left),
+        }
+    }
+}
+
+fn classify(e: wasmtime::Error, exceeded: Option<usize>, slice: Duration, limit: usize) -> Fault {
+    if exceeded.is_some() {
+        return Fault::Memory { limit };
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Fault::Fuel,
+        Some(Trap::Interrupt) => Fault::Timeout(slice),
+        Some(Trap::StackOverflow) => Fault::Trap("stack overflow".into()),
+        Some(t) => Fault::Trap(t.to_string()),
+        None => Fault::Trap(format!("{e:#}")),
+    }
+}
+
+/// Polls a guest call to its end. Our imports never wait and WASI output
+/// goes to the log at once, so a call that is not ready after one poll is a
+/// guest blocked in WASI (a sleep, a read): it is dropped, which kills its
+/// instance, and `None` is returned.
+pub fn drive_ready<T>(fut: impl Future<Output = T>) -> Option<T> {
+    let mut fut = pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
