@@ -5,6 +5,7 @@ mod balance;
 mod cli;
 mod common;
 mod configs;
+mod examples;
 mod ext;
 mod http;
 mod lifecycle;
