@@ -9,6 +9,11 @@ export CARGO_TERM_COLOR=never
 
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
+# The Lua guest's C toolchain (see guests/lua): clang-22 and llvm-ar-22 from
+# Debian (bookworm-security), the wasi-libc headers.
+command -v clang-22 >/dev/null || need_apt+=(clang-22)
+command -v llvm-ar-22 >/dev/null || need_apt+=(llvm-22)
+[ -d /usr/include/wasm32-wasi ] || need_apt+=(wasi-libc)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -q >/dev/null
@@ -21,8 +26,10 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-# The Wasm guests the tests load (guests/, a separate workspace).
+# The Wasm guests the tests load (guests/, a separate workspace); the proxy
+# embeds the Lua guest built here.
 bash scripts/build-guests.sh
+export MOONBOX_LUA_GUEST="${CARGO_TARGET_DIR:-$PWD/target}/wasm32-wasip2/release/moonbox_lua.wasm"
 (cd guests && cargo fmt --all -- --check)
 (cd guests && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/../target}" cargo clippy --release --locked -- -D warnings)
 

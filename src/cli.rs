@@ -110,6 +110,12 @@ impl Source {
                         )),
                     }
                 }
+                if let Err(e) = load_lua(g, workers, reg) {
+                    errors.push(ConfigError::at(
+                        &g.lua_loads[0].loc,
+                        format!("lua-load: {e:#}"),
+                    ));
+                }
                 if errors.is_empty() {
                     Ok(())
                 } else {
@@ -125,6 +131,14 @@ impl Source {
             ),
         }
     }
+}
+
+/// Loads the configuration's Lua scripts, if any, as the extension `lua`.
+fn load_lua(g: &config::model::Global, workers: usize, reg: &mut Registry) -> anyhow::Result<()> {
+    if let Some(settings) = wasm::lua::settings(g, workers)? {
+        reg.add(Arc::new(wasm::lua::load(settings)?));
+    }
+    Ok(())
 }
 
 /// Loads the extension of an `ext-load` line.

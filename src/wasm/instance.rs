@@ -60,6 +60,8 @@ pub struct Ctx {
     /// The request of the service being run.
     pub applet: Option<AppletRequest>,
     pub point: Point,
+    /// Folders `files.read` may read from, at load only.
+    pub readable: Arc<[std::path::PathBuf]>,
 }
 
 impl WasiView for Ctx {
@@ -158,16 +160,21 @@ impl Inst {
     pub async fn new(
         engine: &wasmtime::Engine,
         pre: &super::bindings::ExtensionPre<Ctx>,
-        ns: Arc<str>,
-        memory: u64,
+        ns: &Arc<str>,
+        settings: &super::Settings,
     ) -> anyhow::Result<Inst> {
-        let wasi = wasmtime_wasi::WasiCtx::builder()
-            .stdout(GuestOutput::new(Arc::clone(&ns), false))
-            .stderr(GuestOutput::new(Arc::clone(&ns), true))
+        let mut b = wasmtime_wasi::WasiCtx::builder();
+        b.stdout(GuestOutput::new(Arc::clone(ns), false))
+            .stderr(GuestOutput::new(Arc::clone(ns), true))
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        for (k, v) in &settings.env {
+            b.env(k, v);
+        }
+        let wasi = b.build();
+        let memory = settings.memory;
+        let ns = Arc::clone(ns);
         let ctx = Ctx {
             wasi,
             table: ResourceTable::new(),
@@ -180,6 +187,7 @@ impl Inst {
             world: None,
             applet: None,
             point: Point::Init,
+            readable: Arc::from(settings.preopens.as_slice()),
         };
         let mut store = Store::new(engine, ctx);
         store.limiter(|c| &mut c.limits);
@@ -301,15 +309,25 @@ fn classify(e: wasmtime::Error, exceeded: Option<usize>, slice: Duration, limit:
     }
 }
 
+/// How many times a pending guest call is polled again before it counts as
+/// blocked.
+const SPURIOUS_POLLS: usize = 10_000;
+
 /// Polls a guest call to its end. Our imports never wait and WASI output
-/// goes to the log at once, so a call that is not ready after one poll is a
-/// guest blocked in WASI (a sleep, a read): it is dropped, which kills its
-/// instance, and `None` is returned.
+/// goes to the log at once, so a call that stays pending is a guest blocked
+/// in WASI (a sleep, a read): it is dropped, which kills its instance, and
+/// `None` is returned.
 pub fn drive_ready<T>(fut: impl Future<Output = T>) -> Option<T> {
     let mut fut = pin!(fut);
     let mut cx = Context::from_waker(Waker::noop());
-    match fut.as_mut().poll(&mut cx) {
-        Poll::Ready(v) => Some(v),
-        Poll::Pending => None,
+    // wasmtime itself may suspend a call for a moment (an incremental
+    // garbage collection of the exception objects that Lua's error
+    // handling throws yields between steps); such a call is ready again at
+    // once. A guest waiting on WASI stays pending.
+    for _ in 0..SPURIOUS_POLLS {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return Some(v);
+        }
     }
+    None
 }

@@ -32,6 +32,7 @@ pub mod engine;
 pub mod host;
 pub mod instance;
 pub mod io;
+pub mod lua;
 
 use bindings::ExtensionPre;
 use bindings::types::{IoResult, Step};
@@ -64,6 +65,12 @@ pub struct Settings {
     pub on_error: OnError,
     pub allow_connect: Vec<AllowRule>,
     pub args: Vec<String>,
+    /// The longest one guest call may run (defaults to `timeout`).
+    pub per_call: Duration,
+    /// Folders whose files the guest may read while it loads.
+    pub preopens: Vec<std::path::PathBuf>,
+    /// The guest's environment (`os.getenv`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -83,10 +90,14 @@ impl Settings {
             .map(|s| AllowRule::parse(s))
             .collect::<Result<_, _>>()
             .map_err(anyhow::Error::msg)?;
+        let timeout = l.timeout.unwrap_or(DEFAULT_TIMEOUT);
         Ok(Settings {
             namespace: l.namespace.clone(),
             fuel: l.fuel.unwrap_or(DEFAULT_FUEL),
-            timeout: l.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            timeout,
+            per_call: timeout,
+            preopens: Vec::new(),
+            env: Vec::new(),
             memory,
             instances: l.instances.map_or(workers.max(1), |n| n.max(1) as usize),
             isolation: l.isolation,
@@ -174,7 +185,7 @@ impl WasmExtension {
         Budget {
             fuel: self.settings.fuel,
             deadline: std::time::Instant::now() + self.settings.timeout,
-            per_call: self.settings.timeout,
+            per_call: self.settings.per_call,
         }
     }
 
@@ -183,8 +194,8 @@ impl WasmExtension {
         let inst = instance::drive_ready(Inst::new(
             &self.rt.engine,
             &self.pre,
-            Arc::clone(&self.ns),
-            self.settings.memory,
+            &self.ns,
+            &self.settings,
         ))
         .ok_or_else(|| anyhow::anyhow!("instantiation blocked in WASI"))?
         .context("cannot instantiate")?;

@@ -50,9 +50,12 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start(name: &str, behavior: Behavior) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        Self::start_on("127.0.0.1:0", name, behavior).await
+    }
+
+    /// Like [`start`](Self::start) on a given address.
+    pub async fn start_on(addr: &str, name: &str, behavior: Behavior) -> Upstream {
+        let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().expect("local addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let name: Arc<str> = Arc::from(name);

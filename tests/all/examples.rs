@@ -117,7 +117,7 @@ async fn checker() -> Result<(std::net::SocketAddr, Arc<AtomicUsize>)> {
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
-                let body = if k % 2 == 0 { "allow" } else { "deny" };
+                let body = if k.is_multiple_of(2) { "allow" } else { "deny" };
                 let resp = format!(
                     "HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()

@@ -9,6 +9,7 @@ mod examples;
 mod ext;
 mod http;
 mod lifecycle;
+mod lua;
 mod rules;
 mod tcp;
 mod wasm;

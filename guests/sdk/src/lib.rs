@@ -355,7 +355,11 @@ impl Future for Wait {
         if let Some(io) = self.io.take() {
             EXEC.with(|e| {
                 let mut e = e.borrow_mut();
-                if e.request.is_some() {
+                // A pending forced yield gives way to a real wait.
+                if e.request
+                    .as_ref()
+                    .is_some_and(|r| !matches!(r, wit::Io::Yield))
+                {
                     e.overlapping = true;
                 }
                 e.request = Some(io);
@@ -371,6 +375,33 @@ impl Future for Wait {
 
 async fn wait(io: wit::Io) -> wit::IoResult {
     Wait { io: Some(io) }.await
+}
+
+/// The waits of the ABI as they are, for guests that build their own API
+/// on them (the Lua guest does).
+pub mod raw {
+    pub use super::wit::{
+        AppletHead, AppletReceiveRequest, ConnectRequest, Io, IoResult, ReceivePattern,
+        ReceiveRequest,
+    };
+
+    /// Waits for one I/O the host performs.
+    pub async fn wait(io: Io) -> IoResult {
+        super::wait(io).await
+    }
+
+    /// Asks the host for a turn (`io::yield`) on behalf of code that
+    /// suspends itself without a future, as Lua's forced yields do: the
+    /// current poll returns pending and the invocation is resumed after
+    /// other work had its turn.
+    pub fn request_yield() {
+        super::EXEC.with(|e| {
+            let mut e = e.borrow_mut();
+            if e.request.is_none() {
+                e.request = Some(Io::Yield);
+            }
+        });
+    }
 }
 
 fn io_error(kind: IoErrorKind, message: &str) -> IoError {

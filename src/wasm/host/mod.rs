@@ -3,6 +3,7 @@
 
 pub mod applet;
 pub mod clock;
+pub mod files;
 pub mod log;
 pub mod maps;
 pub mod proxies;

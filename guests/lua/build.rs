@@ -1,0 +1,18 @@
+//! Builds the setjmp/longjmp runtime Lua's error handling needs on wasm32
+//! (Wasm exceptions) and an empty stand-in for the emulated-signal library
+//! lua-src links on WASI.
+
+fn main() {
+    println!("cargo:rerun-if-changed=wasm-sjlj");
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if !target.starts_with("wasm32") {
+        return;
+    }
+    cc::Build::new()
+        .file("wasm-sjlj/rt.c")
+        .flag("-mexception-handling")
+        .compile("setjmp");
+    cc::Build::new()
+        .file("wasm-sjlj/no_signal.c")
+        .compile("wasi-emulated-signal");
+}

@@ -1,0 +1,539 @@
+-- HAProxy's Lua API, written in Lua over the primitives of `__mb` (provided
+-- by the Lua guest, guests/lua). Scripts see `core`, `act`, and the TXN,
+-- HTTP, AppletHTTP, AppletTCP, Socket, Proxy, Server, Map and Concat
+-- objects as HAProxy gives them.
+
+local mb = __mb
+
+---------------------------------------------------------------------------
+-- core
+
+core = {
+    emerg = 0, alert = 1, crit = 2, err = 3,
+    warning = 4, notice = 5, info = 6, debug = 7,
+    thread = 1,
+}
+
+act = {
+    CONTINUE = 0, STOP = 1, YIELD = 2, ERROR = 3,
+    DONE = 4, DENY = 5, ABORT = 6, INVALID = 7,
+}
+function act:wake_time(_) end
+
+local inits = {}
+local task_count = 0
+
+local function need_body(what)
+    if not mb.loading() then
+        error(what .. ": registering is only possible while the script loads", 3)
+    end
+end
+
+function core.register_fetches(name, fn)
+    need_body("register_fetches")
+    mb.register("fetch", name, fn)
+end
+
+function core.register_converters(name, fn)
+    need_body("register_converters")
+    mb.register("converter", name, fn)
+end
+
+function core.register_action(name, actions, fn, nargs)
+    need_body("register_action")
+    mb.register("action", name, fn, actions, nargs or 0)
+end
+
+function core.register_service(name, mode, fn)
+    need_body("register_service")
+    mb.register("service", name, fn, mode)
+end
+
+function core.register_init(fn)
+    need_body("register_init")
+    inits[#inits + 1] = fn
+end
+
+function core.register_task(fn, ...)
+    task_count = task_count + 1
+    local args = table.pack(...)
+    local run = function() return fn(table.unpack(args, 1, args.n)) end
+    if mb.loading() then
+        mb.register("task", "task" .. task_count, run)
+    else
+        error("register_task: tasks can only be registered while the script loads", 2)
+    end
+end
+
+function mb.run_inits()
+    for _, fn in ipairs(inits) do fn() end
+end
+
+function core.log(level, msg) mb.log(level, tostring(msg)) end
+function core.Debug(msg) mb.log(core.debug, tostring(msg)) end
+function core.Info(msg) mb.log(core.info, tostring(msg)) end
+function core.Warning(msg) mb.log(core.warning, tostring(msg)) end
+function core.Alert(msg) mb.log(core.alert, tostring(msg)) end
+
+function core.msleep(ms) mb.sleep_ms(math.floor(ms)) end
+function core.sleep(s) mb.sleep_ms(math.floor(s * 1000)) end
+function core.yield() mb.yield() end
+
+function core.now()
+    local sec, usec = mb.now()
+    return { sec = sec, usec = usec }
+end
+
+function core.get_var(name) return mb.get_var(name) end
+function core.set_var(name, value) mb.set_var(name, value) end
+function core.unset_var(name) mb.unset_var(name) end
+
+function core.done() error("\1moonbox:core-done", 0) end
+
+function core.set_map(file, key, value) mb.map_set(file, key, value) end
+function core.del_map(file, key) mb.map_del(file, key) end
+
+function core.tokenize(str, separators, noblank)
+    local out = {}
+    local pattern = "([^" .. separators:gsub("%p", "%%%0") .. "]*)"
+    for tok in (str .. separators:sub(1, 1)):gmatch(pattern .. "[" .. separators:gsub("%p", "%%%0") .. "]") do
+        if not (noblank and tok == "") then out[#out + 1] = tok end
+    end
+    return out
+end
+
+---------------------------------------------------------------------------
+-- Files: readable while the scripts load, under their folders only (the
+-- host enforces it). io.popen and os.execute fail (no processes).
+
+local MemFile = {}
+MemFile.__index = MemFile
+function MemFile:read(fmt)
+    fmt = fmt or "l"
+    if type(fmt) == "string" then fmt = fmt:gsub("^%*", "") end
+    if self.pos > #self.data then
+        if fmt == "a" then return "" end
+        return nil
+    end
+    if fmt == "a" then
+        local s = self.data:sub(self.pos)
+        self.pos = #self.data + 1
+        return s
+    elseif fmt == "l" or fmt == "L" then
+        local nl = self.data:find("\n", self.pos, true)
+        local stop = nl or #self.data
+        local line = self.data:sub(self.pos, fmt == "L" and stop or (nl and nl - 1 or stop))
+        self.pos = stop + 1
+        return line
+    elseif type(fmt) == "number" then
+        local s = self.data:sub(self.pos, self.pos + fmt - 1)
+        self.pos = self.pos + fmt
+        return s
+    end
+    error("bad read format '" .. tostring(fmt) .. "'", 2)
+end
+function MemFile:lines(fmt) return function() return self:read(fmt) end end
+function MemFile:close() return true end
+function MemFile:seek(whence, off)
+    whence, off = whence or "cur", off or 0
+    if whence == "set" then self.pos = off + 1
+    elseif whence == "end" then self.pos = #self.data + off + 1
+    else self.pos = self.pos + off end
+    return self.pos - 1
+end
+
+local function read_whole(path)
+    local data, err = mb.read_file(path)
+    if data == nil then return nil, err end
+    return data
+end
+
+io.open = function(path, mode)
+    mode = mode or "r"
+    if not mode:match("^r") then
+        return nil, path .. ": files are read-only for scripts", 13
+    end
+    local data, err = read_whole(path)
+    if data == nil then return nil, err, 2 end
+    return setmetatable({ data = data, pos = 1 }, MemFile)
+end
+io.lines = function(path, fmt)
+    local f, err = io.open(path)
+    if not f then error(err, 2) end
+    return f:lines(fmt)
+end
+io.popen = function() return nil, "io.popen is not available: scripts cannot start processes" end
+os.execute = function() return nil, "exit", 1 end
+os.exit = function() error("os.exit is not available to scripts", 2) end
+os.remove = function(p) return nil, p .. ": files are read-only for scripts" end
+os.rename = function(p) return nil, p .. ": files are read-only for scripts" end
+os.tmpname = function() error("os.tmpname is not available to scripts", 2) end
+
+loadfile = function(path, mode, env)
+    local data, err = read_whole(path)
+    if data == nil then return nil, err end
+    return load(data, "@" .. path, mode, env)
+end
+dofile = function(path)
+    local f, err = loadfile(path)
+    if not f then error(err, 2) end
+    return f()
+end
+
+-- `require` finds Lua modules through package.path, read with the host.
+package.searchers[2] = function(name)
+    local tried = {}
+    local file = name:gsub("%.", "/")
+    for template in package.path:gmatch("[^;]+") do
+        local path = template:gsub("%?", file)
+        local data = mb.read_file(path)
+        if data then
+            local f, err = load(data, "@" .. path)
+            if not f then error(err, 2) end
+            return f, path
+        end
+        tried[#tried + 1] = "\n\tno file '" .. path .. "'"
+    end
+    return table.concat(tried)
+end
+package.searchers[3] = nil
+package.searchers[4] = nil
+
+---------------------------------------------------------------------------
+-- Concat
+
+local Concat = {}
+Concat.__index = Concat
+function Concat:add(s) self.parts[#self.parts + 1] = tostring(s) end
+function Concat:dump() return table.concat(self.parts) end
+function core.concat() return setmetatable({ parts = {} }, Concat) end
+
+---------------------------------------------------------------------------
+-- Proxies and servers
+
+local Server = {}
+Server.__index = Server
+function Server:get_name() return self.name end
+function Server:get_puid() return self.puid end
+function Server:get_addr() return self.addr end
+function Server:get_weight() return self.weight end
+function Server:get_stats() return mb.server_stats(self.proxy, self.name) or {} end
+function Server:is_backup() return self.backup end
+function Server:is_draining() return self.weight == 0 end
+function Server:set_maint() mb.server_admin(self.proxy, self.name, "maint") end
+function Server:set_ready() mb.server_admin(self.proxy, self.name, "ready") end
+function Server:set_drain() mb.server_admin(self.proxy, self.name, "drain") end
+function Server:set_weight(w) mb.server_weight(self.proxy, self.name, tonumber(w)) end
+
+local Proxy = {}
+Proxy.__index = Proxy
+function Proxy:get_name() return self.name end
+function Proxy:get_uuid() return self.uuid end
+function Proxy:get_mode() return self.mode end
+function Proxy:get_stats() return mb.proxy_stats(self.name) or {} end
+function Proxy:get_cap()
+    if self.frontend and self.backend then return "frontend,backend" end
+    return self.frontend and "frontend" or "backend"
+end
+
+local function proxies(filter)
+    local out = {}
+    for _, p in ipairs(mb.proxies()) do
+        if filter == nil or p[filter] then
+            local servers = {}
+            for _, s in ipairs(p.servers) do
+                s.proxy = p.name
+                servers[s.name] = setmetatable(s, Server)
+            end
+            p.servers = servers
+            out[p.name] = setmetatable(p, Proxy)
+        end
+    end
+    return out
+end
+
+setmetatable(core, {
+    __index = function(_, k)
+        if k == "proxies" then return proxies(nil) end
+        if k == "backends" then return proxies("backend") end
+        if k == "frontends" then return proxies("frontend") end
+    end,
+})
+
+---------------------------------------------------------------------------
+-- Map
+
+Map = { _str = "str", _beg = "beg", _end = "end", _sub = "sub", _reg = "reg",
+        _dom = "dom", _dir = "dir", _int = "int", _ip = "ip", _len = "len",
+        _found = "found", _bool = "bool" }
+Map.str, Map.beg, Map["end"], Map.sub, Map.reg = "str", "beg", "end", "sub", "reg"
+Map.dom, Map.dir, Map.int, Map.ip = "dom", "dir", "int", "ip"
+local MapObj = {}
+MapObj.__index = MapObj
+function Map.new(file, method) return setmetatable({ file = file, method = method or "str" }, MapObj) end
+function MapObj:lookup(key) return mb.map_lookup(self.file, self.method, tostring(key)) end
+function MapObj:slookup(key) return self:lookup(key) or "" end
+
+---------------------------------------------------------------------------
+-- Fetches and converters: txn.f, txn.sf, txn.c, txn.sc. Names take `_`
+-- for `.` (req.hdr -> req_hdr), as in HAProxy.
+
+local function rename_table(names)
+    local t = {}
+    for _, n in ipairs(names) do t[(n:gsub("%.", "_"))] = n end
+    return t
+end
+local fetch_names = rename_table(mb.fetch_names())
+local conv_names = rename_table(mb.converter_names())
+
+local function sample_class(names, call, stringify)
+    local class = {}
+    class.__index = function(_, key)
+        local name = names[key]
+        if name == nil then return nil end
+        local fn
+        if stringify then
+            fn = function(_, ...)
+                local v = call(name, ...)
+                if v == nil then return "" end
+                return tostring(v)
+            end
+        else
+            fn = function(_, ...) return call(name, ...) end
+        end
+        return fn
+    end
+    return setmetatable({}, class)
+end
+
+local Fetches = sample_class(fetch_names, mb.fetch, false)
+local SFetches = sample_class(fetch_names, mb.fetch, true)
+local Converters = sample_class(conv_names, mb.convert, false)
+local SConverters = sample_class(conv_names, mb.convert, true)
+
+---------------------------------------------------------------------------
+-- HTTP
+
+local HTTP = {}
+HTTP.__index = HTTP
+
+local function header_table(list)
+    local t = {}
+    for _, pair in ipairs(list) do
+        local name = pair[1]:lower()
+        local vals = t[name]
+        if vals == nil then
+            vals = {}
+            t[name] = vals
+            vals[0] = pair[2]
+        else
+            vals[#vals + 1] = pair[2]
+        end
+    end
+    return t
+end
+
+function HTTP:req_get_headers() return header_table(mb.req_headers()) end
+function HTTP:res_get_headers() return header_table(mb.res_headers()) end
+function HTTP:req_add_header(n, v) mb.edit_header(false, "add", n, tostring(v)) end
+function HTTP:req_set_header(n, v) mb.edit_header(false, "set", n, tostring(v)) end
+function HTTP:req_del_header(n) mb.edit_header(false, "del", n) end
+function HTTP:res_add_header(n, v) mb.edit_header(true, "add", n, tostring(v)) end
+function HTTP:res_set_header(n, v) mb.edit_header(true, "set", n, tostring(v)) end
+function HTTP:res_del_header(n) mb.edit_header(true, "del", n) end
+function HTTP:req_rep_header(n, re, rep) mb.rep_header(false, n, re, rep) end
+function HTTP:res_rep_header(n, re, rep) mb.rep_header(true, n, re, rep) end
+HTTP.req_rep_value = HTTP.req_rep_header
+HTTP.res_rep_value = HTTP.res_rep_header
+function HTTP:req_set_method(m) mb.set_req_line("method", m) end
+function HTTP:req_set_path(p) mb.set_req_line("path", p) end
+function HTTP:req_set_query(q) mb.set_req_line("query", q) end
+function HTTP:req_set_uri(u) mb.set_req_line("uri", u) end
+function HTTP:res_set_status(code, reason) mb.set_status(code, reason) end
+
+---------------------------------------------------------------------------
+-- Reply
+
+local Reply = {}
+Reply.__index = Reply
+function Reply:set_status(status, reason) self.status, self.reason = status, reason end
+function Reply:add_header(name, value)
+    local h = self.headers[name]
+    if h == nil then h = {}; self.headers[name] = h end
+    h[#h + 1] = tostring(value)
+end
+function Reply:del_header(name) self.headers[name] = nil end
+function Reply:set_body(body) self.body = body end
+
+---------------------------------------------------------------------------
+-- TXN
+
+local privs = {}
+local privs_count = 0
+
+local TXN = {}
+TXN.__index = TXN
+
+function TXN:get_var(name) return mb.get_var(name) end
+function TXN:set_var(name, value, _ifexist) mb.set_var(name, value) end
+function TXN:unset_var(name) mb.unset_var(name) end
+function TXN:get_priv() return privs[mb.txn_id()] end
+function TXN:set_priv(v)
+    local id = mb.txn_id()
+    if privs[id] == nil then
+        privs_count = privs_count + 1
+        -- Transactions end without telling the script: forget old ones.
+        if privs_count > 10000 then privs, privs_count = {}, 1 end
+    end
+    privs[id] = v
+end
+function TXN:log(level, msg) mb.log(level, tostring(msg)) end
+function TXN:Debug(msg) mb.log(core.debug, tostring(msg)) end
+function TXN:Info(msg) mb.log(core.info, tostring(msg)) end
+function TXN:Warning(msg) mb.log(core.warning, tostring(msg)) end
+function TXN:Alert(msg) mb.log(core.alert, tostring(msg)) end
+function TXN:reply(t)
+    local r = setmetatable({ status = 200, headers = {}, body = "" }, Reply)
+    if t then
+        r.status = t.status or r.status
+        r.reason = t.reason
+        r.body = t.body or ""
+        for n, v in pairs(t.headers or {}) do
+            if type(v) == "table" then for _, x in ipairs(v) do r:add_header(n, x) end
+            else r:add_header(n, v) end
+        end
+    end
+    return r
+end
+function TXN:done(reply) mb.done(reply) end
+function TXN:set_loglevel(_) end
+function TXN:set_tos(_) end
+function TXN:set_mark(_) end
+function TXN:get_headers() return header_table(mb.req_headers()) end
+
+function mb.new_txn(_kind)
+    return setmetatable({
+        f = Fetches, sf = SFetches, c = Converters, sc = SConverters,
+        http = setmetatable({}, HTTP),
+    }, TXN)
+end
+
+---------------------------------------------------------------------------
+-- Applets
+
+local AppletHTTP = {}
+AppletHTTP.__index = AppletHTTP
+function AppletHTTP:set_status(code, reason) self._status, self._reason = code, reason end
+function AppletHTTP:add_header(name, value)
+    self._headers[#self._headers + 1] = { name, tostring(value) }
+end
+function AppletHTTP:start_response()
+    if self._started then return end
+    self._started = true
+    mb.applet_start(self._status, self._reason, self._headers)
+end
+function AppletHTTP:send(data)
+    self:start_response()
+    mb.applet_send(tostring(data))
+end
+function AppletHTTP:receive(size)
+    if size == nil then return mb.applet_receive("all") or "" end
+    return mb.applet_receive("count", size) or ""
+end
+function AppletHTTP:getline() return mb.applet_receive("line") or "" end
+AppletHTTP.get_var = TXN.get_var
+AppletHTTP.set_var = TXN.set_var
+AppletHTTP.unset_var = TXN.unset_var
+AppletHTTP.get_priv = TXN.get_priv
+AppletHTTP.set_priv = TXN.set_priv
+
+local AppletTCP = {}
+AppletTCP.__index = AppletTCP
+function AppletTCP:receive(size)
+    if size == nil then return mb.applet_receive("all") or "" end
+    return mb.applet_receive("count", size) or ""
+end
+function AppletTCP:getline() return mb.applet_receive("line") or "" end
+function AppletTCP:send(data) mb.applet_send(tostring(data)) end
+AppletTCP.get_var = TXN.get_var
+AppletTCP.set_var = TXN.set_var
+AppletTCP.unset_var = TXN.unset_var
+AppletTCP.get_priv = TXN.get_priv
+AppletTCP.set_priv = TXN.set_priv
+
+function mb.new_applet(kind, req)
+    local base = { f = Fetches, sf = SFetches, c = Converters, sc = SConverters }
+    if kind == "tcp" then return setmetatable(base, AppletTCP) end
+    base.method, base.path, base.qs = req.method, req.path, req.qs
+    base.version, base.length = req.version, req.length
+    base.headers = header_table(req.headers)
+    base._status, base._headers, base._started = 200, {}, false
+    return setmetatable(base, AppletHTTP)
+end
+
+function mb.applet_finish(a)
+    if getmetatable(a) == AppletHTTP and not a._started then a:start_response() end
+end
+
+---------------------------------------------------------------------------
+-- Socket (core.tcp)
+
+local Socket = {}
+Socket.__index = Socket
+local next_socket = 0
+
+function core.tcp()
+    next_socket = next_socket + 1
+    return setmetatable({ id = next_socket, timeout = nil }, Socket)
+end
+
+function Socket:settimeout(t, _mode)
+    if t == nil or t < 0 then self.timeout = nil else self.timeout = math.floor(t * 1000) end
+    return 1
+end
+
+function Socket:connect(host, port)
+    if port == nil then
+        host, port = host:match("^(.*):(%d+)$")
+        if host == nil then return nil, "invalid address" end
+    end
+    if host == "localhost" then host = "127.0.0.1" end
+    local addr = host:find(":", 1, true) and ("[" .. host .. "]:" .. port) or (host .. ":" .. port)
+    self.peer = addr
+    return mb.connect(self.id, addr, self.timeout)
+end
+
+function Socket:connect_ssl(_host, _port)
+    return nil, "TLS sockets are not available"
+end
+
+function Socket:send(data, i, j)
+    data = tostring(data)
+    if i ~= nil then data = data:sub(i, j or -1) end
+    local n, err = mb.send(self.id, data)
+    if n == nil then return nil, err, 0 end
+    return (i or 1) + n - 1
+end
+
+function Socket:receive(pattern, prefix)
+    pattern = pattern or "*l"
+    local data, err, partial
+    if type(pattern) == "number" then
+        data, err, partial = mb.receive(self.id, "n", pattern, self.timeout)
+    elseif pattern == "*a" or pattern == "*l" then
+        data, err, partial = mb.receive(self.id, pattern, nil, self.timeout)
+    else
+        error("invalid receive pattern '" .. tostring(pattern) .. "'", 2)
+    end
+    if data == nil then return nil, err, (prefix or "") .. (partial or "") end
+    return (prefix or "") .. data
+end
+
+function Socket:close() return mb.close(self.id) end
+function Socket:getpeername()
+    if not self.peer then return nil end
+    local h, p = self.peer:match("^%[?(.-)%]?:(%d+)$")
+    return h, tonumber(p)
+end
+function Socket:getsockname() return nil, "not available" end
+function Socket:setoption() return 1 end
