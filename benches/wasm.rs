@@ -19,11 +19,15 @@ use moonbox::sample::Sample;
 use moonbox::wasm::{Settings, WasmExtension};
 
 fn testkit() -> PathBuf {
+    guest("testkit")
+}
+
+fn guest(name: &str) -> PathBuf {
     let dir = std::env::var_os("MOONBOX_GUESTS").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/wasm32-wasip2/release"),
         PathBuf::from,
     );
-    let p = dir.join("testkit.wasm");
+    let p = dir.join(format!("{name}.wasm"));
     assert!(
         p.is_file(),
         "{} is missing: run scripts/build-guests.sh",
@@ -33,7 +37,11 @@ fn testkit() -> PathBuf {
 }
 
 fn wasm(isolation: Isolation, fuel: Option<u64>) -> Arc<dyn Extension> {
-    let mut l = ExtLoad::for_file(testkit());
+    wasm_of(testkit(), isolation, fuel)
+}
+
+fn wasm_of(file: PathBuf, isolation: Isolation, fuel: Option<u64>) -> Arc<dyn Extension> {
+    let mut l = ExtLoad::for_file(file);
     l.isolation = isolation;
     l.fuel = fuel;
     let settings = Settings::from_load(&l, 1).expect("settings");
@@ -114,6 +122,16 @@ fn calls(c: &mut Criterion) {
             black_box(per_request.fetch("noop", &mut t, &[]))
         })
     });
+    let small = wasm_of(guest("headers"), Isolation::PerRequest, None);
+    g.bench_function(
+        "per-request: fresh small instance, init and an action",
+        |b| {
+            b.iter(|| {
+                let mut t = txn();
+                black_box(rt.block_on(small.action("tag_request", Facility::HttpReq, &mut t, &[])))
+            })
+        },
+    );
     g.bench_function("baseline: new transaction and a pooled noop fetch", |b| {
         b.iter(|| {
             let mut t = txn();

@@ -62,7 +62,9 @@ pub struct Args {
 
 /// Sets up operator logs on standard error (`RUST_LOG` overrides the level).
 pub fn init_logging(quiet: bool) {
-    let default = if quiet { "warn" } else { "info" };
+    // Extensions' own log lines show at every level in the foreground, as
+    // HAProxy prints `core.Debug` on its terminal.
+    let default = if quiet { "warn" } else { "info,ext=debug" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

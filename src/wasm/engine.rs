@@ -51,11 +51,9 @@ impl Runtime {
             .max_core_instances_per_component(32)
             .max_memories_per_component(4)
             .max_tables_per_component(16)
-            // Keep fiber stacks and small memories mapped between uses:
-            // faulting them back in costs more than the call itself.
-            .async_stack_keep_resident(256 << 10)
-            .linear_memory_keep_resident(1 << 20)
-            .table_keep_resident(64 << 10);
+            // Keep fiber stacks mapped between calls: faulting them back
+            // in costs more than a short call itself.
+            .async_stack_keep_resident(256 << 10);
         let mut config = Config::new();
         config
             .consume_fuel(true)

@@ -131,8 +131,9 @@ pub enum Fault {
 pub struct Budget {
     /// Fuel left; each call takes what it burns.
     pub fuel: u64,
-    /// When the invocation must be over.
-    pub deadline: Instant,
+    /// When the invocation must be over; `None` for calls that cannot wait
+    /// (fetches, converters), which only have `per_call`.
+    pub deadline: Option<Instant>,
     /// The longest one call may run, whatever the deadline.
     pub per_call: Duration,
 }
@@ -235,15 +236,19 @@ impl Inst {
                 fuel: 0,
             };
         }
-        let now = Instant::now();
-        let left = budget.deadline.saturating_duration_since(now);
-        if left.is_zero() {
-            return Called {
-                result: Err(Fault::Timeout(budget.per_call)),
-                fuel: 0,
-            };
-        }
-        let slice = left.min(budget.per_call);
+        let slice = match budget.deadline {
+            None => budget.per_call,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Called {
+                        result: Err(Fault::Timeout(budget.per_call)),
+                        fuel: 0,
+                    };
+                }
+                left.min(budget.per_call)
+            }
+        };
         let ticks = slice.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64 + 1;
         let Live {
             store,

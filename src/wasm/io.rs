@@ -119,12 +119,12 @@ impl<'a> IoCtx<'a> {
     /// Performs one wait and returns what the guest is resumed with.
     pub async fn perform(&mut self, io: Io) -> IoResult {
         match io {
-            Io::Sleep(ms) => {
-                tokio::time::sleep_until(self.until(Some(ms))).await;
+            Io::Sleep(0) | Io::Yield => {
+                tokio::task::yield_now().await;
                 IoResult::Ok
             }
-            Io::Yield => {
-                tokio::task::yield_now().await;
+            Io::Sleep(ms) => {
+                tokio::time::sleep_until(self.until(Some(ms))).await;
                 IoResult::Ok
             }
             Io::Connect(c) => self.connect(c).await,

@@ -181,10 +181,11 @@ impl WasmExtension {
         Ok(ext)
     }
 
+    /// The budget of a call that cannot wait (init, fetch, converter).
     fn budget(&self) -> Budget {
         Budget {
             fuel: self.settings.fuel,
-            deadline: std::time::Instant::now() + self.settings.timeout,
+            deadline: None,
             per_call: self.settings.per_call,
         }
     }
@@ -317,9 +318,12 @@ impl WasmExtension {
         let mut budget = self.budget();
         if point == Point::Task {
             // A task lives as long as the proxy; its limits apply per call.
-            budget.deadline = std::time::Instant::now() + Duration::from_secs(86400 * 365);
+            io.deadline = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        } else {
+            let deadline = std::time::Instant::now() + self.settings.timeout;
+            budget.deadline = Some(deadline);
+            io.deadline = tokio::time::Instant::from_std(deadline);
         }
-        io.deadline = tokio::time::Instant::from_std(budget.deadline);
         let mut guard = CancelGuard {
             inst: Arc::clone(&inst),
             id,
@@ -409,7 +413,7 @@ impl Drop for CancelGuard {
         let id = self.id;
         let budget = Budget {
             fuel: DEFAULT_FUEL,
-            deadline: std::time::Instant::now() + Duration::from_millis(100),
+            deadline: None,
             per_call: Duration::from_millis(100),
         };
         let _ = self

@@ -1,6 +1,7 @@
-//! The examples/*-rust folders, run as their READMEs say: the real binary
-//! on each example's own configuration (its ports moved to free ones), the
-//! real Rust guests, real upstreams and side services.
+//! The examples, run as their READMEs say: the real binary on each
+//! example's own configuration (its ports moved to free ones), with the Lua
+//! script (examples/NAME) or the Rust guest (examples/NAME-rust), real
+//! upstreams and side services. Both flavours must behave the same.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +19,9 @@ fn run_example(name: &str, edits: &[(&str, String)]) -> (TempDir, ProxyProcess) 
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}/haproxy.cfg"));
     let mut cfg = std::fs::read_to_string(&src).expect("example config");
     cfg = cfg.replace("bind 127.0.0.1:8080", "bind 127.0.0.1:0");
+    // Scripts are found next to the configuration, which moves.
+    let folder = src.parent().expect("example folder").display().to_string();
+    cfg = cfg.replace("lua-load ", &format!("lua-load {folder}/"));
     for (from, to) in edits {
         assert!(cfg.contains(from), "{name}: no {from:?} in the config");
         cfg = cfg.replace(from, to);
@@ -36,7 +40,12 @@ fn run_example(name: &str, edits: &[(&str, String)]) -> (TempDir, ProxyProcess) 
 
 #[tokio::test]
 async fn hello_says_hello_at_start() -> Result<()> {
-    let (_d, p) = run_example("hello-rust", &[]);
+    hello("hello-rust").await?;
+    hello("hello").await
+}
+
+async fn hello(folder: &str) -> Result<()> {
+    let (_d, p) = run_example(folder, &[]);
     assert!(
         p.stderr_lines()
             .iter()
@@ -50,7 +59,12 @@ async fn hello_says_hello_at_start() -> Result<()> {
 
 #[tokio::test]
 async fn greater_than_compares_two_variables() -> Result<()> {
-    let (_d, p) = run_example("greater_than-rust", &[]);
+    greater_than("greater_than-rust").await?;
+    greater_than("greater_than").await
+}
+
+async fn greater_than(folder: &str) -> Result<()> {
+    let (_d, p) = run_example(folder, &[]);
     let over = request(p.addrs[0], "GET", "/", &[("x-conn-rate", "150")], "").await?;
     assert_eq!(
         (over.status, over.body.as_str()),
@@ -65,10 +79,15 @@ async fn greater_than_compares_two_variables() -> Result<()> {
 
 #[tokio::test]
 async fn least_sessions_routes_to_the_least_busy_backend() -> Result<()> {
+    least_sessions("least_sessions-rust").await?;
+    least_sessions("least_sessions").await
+}
+
+async fn least_sessions(folder: &str) -> Result<()> {
     let dc1 = Upstream::start("dc1", Behavior::Slow(Duration::from_millis(800))).await;
     let dc2 = Upstream::start("dc2", Behavior::Slow(Duration::from_millis(800))).await;
     let (_d, p) = run_example(
-        "least_sessions-rust",
+        folder,
         &[
             ("127.0.0.1:8001", dc1.addr.to_string()),
             ("127.0.0.1:8002", dc2.addr.to_string()),
@@ -88,7 +107,12 @@ async fn least_sessions_routes_to_the_least_busy_backend() -> Result<()> {
 
 #[tokio::test]
 async fn urlencode_redirects_to_the_encoded_name() -> Result<()> {
-    let (_d, p) = run_example("urlencode-rust", &[]);
+    urlencode("urlencode-rust").await?;
+    urlencode("urlencode").await
+}
+
+async fn urlencode(folder: &str) -> Result<()> {
+    let (_d, p) = run_example(folder, &[]);
     let r = get(p.addrs[0], "/").await?;
     assert_eq!(r.status, 302);
     assert_eq!(
@@ -131,25 +155,29 @@ async fn checker() -> Result<(std::net::SocketAddr, Arc<AtomicUsize>)> {
 
 #[tokio::test]
 async fn ipchecker_allows_and_denies_through_a_real_side_service() -> Result<()> {
+    ipchecker("ipchecker-rust", "ipchecker.checkip").await?;
+    ipchecker("ipchecker", "lua.checkip").await
+}
+
+async fn ipchecker(folder: &str, action: &str) -> Result<()> {
     let (addr, asked) = checker().await?;
-    let (_d, p) = run_example(
-        "ipchecker-rust",
-        &[
-            (
-                "allow-connect 127.0.0.1:5000",
-                format!("allow-connect {addr}"),
-            ),
-            (
-                "ipchecker.checkip 127.0.0.1 5000",
-                format!("ipchecker.checkip {} {}", addr.ip(), addr.port()),
-            ),
-        ],
-    );
+    let from = format!("{action} 127.0.0.1 5000");
+    let mut edits = vec![(
+        from.as_str(),
+        format!("{action} {} {}", addr.ip(), addr.port()),
+    )];
+    if folder.ends_with("-rust") {
+        edits.push((
+            "allow-connect 127.0.0.1:5000",
+            format!("allow-connect {addr}"),
+        ));
+    }
+    let (_d, p) = run_example(folder, &edits);
     let r = get(p.addrs[0], "/").await?;
-    assert_eq!((r.status, r.body.as_str()), (200, "allowed\n"));
+    assert_eq!((r.status, r.body.as_str()), (200, "allowed\n"), "{folder}");
     let r = get(p.addrs[0], "/").await?;
-    assert_eq!(r.status, 403);
-    assert_eq!(asked.load(Ordering::SeqCst), 2);
+    assert_eq!(r.status, 403, "{folder}");
+    assert_eq!(asked.load(Ordering::SeqCst), 2, "{folder}");
     Ok(())
 }
 
@@ -181,14 +209,17 @@ async fn ipchecker_denies_when_the_side_service_is_down() -> Result<()> {
 
 #[tokio::test]
 async fn magic8ball_answers_on_magic_and_the_backend_elsewhere() -> Result<()> {
+    magic8ball("magic8ball-rust", "text/plain").await?;
+    magic8ball("magic8ball", "text/html").await
+}
+
+async fn magic8ball(folder: &str, content_type: &str) -> Result<()> {
     let app = Upstream::start("app", Behavior::Echo).await;
-    let (_d, p) = run_example(
-        "magic8ball-rust",
-        &[("127.0.0.1:8000", app.addr.to_string())],
-    );
+    let (_d, p) = run_example(folder, &[("127.0.0.1:8000", app.addr.to_string())]);
     let r = get(p.addrs[0], "/magic").await?;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(r.header("content-type").as_deref(), Some(content_type));
+    assert_eq!(r.header("content-length"), Some(r.body.len().to_string()));
     let answers = [
         "It is certain",
         "It is decidedly so",
@@ -211,7 +242,15 @@ async fn magic8ball_answers_on_magic_and_the_backend_elsewhere() -> Result<()> {
         "Outlook not so good",
         "Very doubtful",
     ];
-    assert!(answers.contains(&r.body.trim_end()), "{:?}", r.body);
+    let answer = r
+        .body
+        .trim()
+        .trim_start_matches("<html>")
+        .trim_end_matches("</html>")
+        .trim()
+        .trim_start_matches("<body>")
+        .trim_end_matches("</body>");
+    assert!(answers.contains(&answer), "{:?}", r.body);
     let r = get(p.addrs[0], "/other").await?;
     assert_eq!((r.status, r.body.as_str()), (200, "app\n"));
     Ok(())
@@ -219,10 +258,12 @@ async fn magic8ball_answers_on_magic_and_the_backend_elsewhere() -> Result<()> {
 
 #[test]
 fn log_work_logs_on_its_interval() {
-    let (_d, p) = run_example(
-        "log_work-rust",
-        &[("log_work.wasm\" 10000", "log_work.wasm\" 100".to_string())],
-    );
+    log_work("log_work-rust", "log_work.wasm\" 10000");
+    log_work("log_work", "log_work.lua 10000");
+}
+
+fn log_work(folder: &str, line: &str) {
+    let (_d, p) = run_example(folder, &[(line, line.replace("10000", "100"))]);
     wait_stderr(&p, "three task lines", Duration::from_secs(5), |_| {
         p.stderr_lines()
             .iter()

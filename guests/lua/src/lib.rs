@@ -103,6 +103,8 @@ thread_local! {
     /// Whether the code running now is a coroutine that may yield (actions,
     /// services, tasks), so that forced yields apply.
     static YIELDABLE: Cell<bool> = const { Cell::new(false) };
+    /// The Lua state, alive as long as the instance.
+    static STATE: RefCell<Option<Lua>> = const { RefCell::new(None) };
     /// Whether the code running now is loading (io allowed).
     static LOADING: Cell<bool> = const { Cell::new(false) };
 }
@@ -743,6 +745,7 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
 
+    STATE.with(|s| *s.borrow_mut() = Some(lua.clone()));
     let mb = primitives(&lua).map_err(|e| e.to_string())?;
     lua.globals().set("__mb", mb).map_err(|e| e.to_string())?;
     if !setup.paths.is_empty() {
