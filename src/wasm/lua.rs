@@ -92,10 +92,12 @@ pub fn settings(g: &Global, workers: usize) -> anyhow::Result<Option<Settings>> 
     if let Some(v) = g.tune("tune.lua.forced-yield") {
         args.push(format!("forced-yield={v}"));
     }
+    // In megabytes, as HAProxy counts it; 0 is unlimited.
     let maxmem = match g.tune("tune.lua.maxmem") {
-        Some(v) => crate::config::parser::parse_size(v)
-            .map_err(anyhow::Error::msg)
-            .context("tune.lua.maxmem")?,
+        Some(v) => v
+            .parse::<u64>()
+            .map(|mb| mb << 20)
+            .map_err(|_| anyhow::anyhow!("tune.lua.maxmem: '{v}' is not a number of megabytes"))?,
         None => 0,
     };
     args.push(format!("maxmem={maxmem}"));

@@ -90,3 +90,200 @@ async fn the_anchor_config_and_script_run_unmodified() -> Result<()> {
     });
     Ok(())
 }
+
+/// Writes `script` as `t.lua` next to a config whose global section loads
+/// it (with `global_extra` lines) and whose frontend has `rules`.
+fn lua_setup(script: &str, global_extra: &str, rules: &str) -> (TempDir, String) {
+    let dir = TempDir::new();
+    let lua = dir.write("t.lua", script);
+    let cfg = format!(
+        "global\n    lua-load {}\n{global_extra}\ndefaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\nfrontend fe\n    bind 127.0.0.1:0\n{rules}",
+        lua.display()
+    );
+    let path = dir.write("t.cfg", &cfg).display().to_string();
+    (dir, path)
+}
+
+#[test]
+fn errors_in_a_script_body_stop_start_up_with_file_and_line() {
+    let cases = [
+        (
+            "core.register_fetches(\"x\", function(txn)\n  return 1 +\nend)\n",
+            "t.lua:3:",
+        ),
+        (
+            "local a = 1\nerror(\"boom at load\")\n",
+            "t.lua:2: boom at load",
+        ),
+        (
+            "local t = nil\nlocal x = t.field\n",
+            "t.lua:2: attempt to index a nil value",
+        ),
+        (
+            "core.register_action(\"a\", {\"nowhere\"}, function() end)\n",
+            "unknown action type 'nowhere'",
+        ),
+    ];
+    for (script, want) in cases {
+        let (_d, cfg) = lua_setup(script, "", "");
+        let (code, _out, err) = run(&["-c", "-f", &cfg]);
+        assert_eq!(code, 1, "{script}");
+        let line = err
+            .lines()
+            .find(|l| l.contains("lua-load"))
+            .unwrap_or_default();
+        assert!(line.contains("t.cfg:2: lua-load:"), "{err}");
+        assert!(line.contains(want), "{line:?} should contain {want:?}");
+    }
+}
+
+#[tokio::test]
+async fn runtime_errors_cost_only_their_invocation() -> Result<()> {
+    let script = r#"
+core.register_fetches("bad_fetch", function(txn) error("fetch broke") end)
+core.register_converters("bad_conv", function(s) error("converter broke") end)
+core.register_action("bad_action", { "http-req" }, function(txn) error("action broke") end, 0)
+core.register_service("bad_service", "http", function(applet) error("service broke") end)
+core.register_task(function() error("task broke") end)
+core.register_fetches("ok", function(txn) return "fine" end)
+"#;
+    let rules = "    http-request set-header x-f %[lua.bad_fetch] if { path /fetch }\n\
+    http-request set-header x-f %[str(a),lua.bad_conv] if { path /conv }\n\
+    http-request lua.bad_action if { path /action }\n\
+    http-request use-service lua.bad_service if { path /service }\n\
+    http-request return status 200 content-type text/plain lf-string \"%[lua.ok] [%[req.hdr(x-f)]]\"\n";
+    let (_d, cfg) = lua_setup(script, "", rules);
+    let p = ProxyProcess::spawn(&["-f", &cfg], 1)?;
+    let a = p.addrs[0];
+    wait_stderr(&p, "the task's error", Duration::from_secs(5), |l| {
+        l.contains("task 'lua.task1' failed") && l.contains("t.lua:6: task broke")
+    });
+    for (path, status, want) in [
+        ("/fetch", 200, "t.lua:2: fetch broke"),
+        ("/conv", 200, "t.lua:3: converter broke"),
+        ("/action", 200, "t.lua:4: action broke"),
+        ("/service", 500, "t.lua:5: service broke"),
+    ] {
+        let r = get(a, path).await?;
+        assert_eq!(r.status, status, "{path}");
+        if status == 200 {
+            assert_eq!(r.body, "fine []", "{path}");
+        }
+        wait_stderr(&p, want, Duration::from_secs(5), |l| l.contains(want));
+        assert_eq!(get(a, "/").await?.body, "fine []");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn runaway_code_is_stopped_in_every_context() -> Result<()> {
+    let script = r#"
+core.register_fetches("spin", function(txn) while true do end end)
+core.register_converters("spin", function(s) while true do end end)
+core.register_action("spin", { "http-req" }, function(txn) while true do end end, 0)
+core.register_service("spin", "http", function(applet) while true do end end)
+core.register_task(function() while true do end end)
+core.register_fetches("ok", function(txn) return "fine" end)
+"#;
+    let global = "    tune.lua.session-timeout 300\n    tune.lua.service-timeout 300\n    tune.lua.task-timeout 300\n    tune.lua.burst-timeout 300\n";
+    let rules = "    http-request set-header x-f %[lua.spin] if { path /fetch }\n\
+    http-request set-header x-f %[str(a),lua.spin] if { path /conv }\n\
+    http-request lua.spin if { path /action }\n\
+    http-request use-service lua.spin if { path /service }\n\
+    http-request return status 200 content-type text/plain lf-string \"%[lua.ok]\"\n";
+    let (_d, cfg) = lua_setup(script, global, rules);
+    let p = ProxyProcess::spawn(&["-f", &cfg], 1)?;
+    let a = p.addrs[0];
+    wait_stderr(&p, "the task's timeout", Duration::from_secs(5), |l| {
+        l.contains("task 'lua.task1' failed") && l.contains("execution timeout")
+    });
+    for (path, status) in [
+        ("/fetch", 200),
+        ("/conv", 200),
+        ("/action", 200),
+        ("/service", 500),
+    ] {
+        let r = get(a, path).await?;
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(get(a, "/").await?.body, "fine", "after {path}");
+    }
+    let timeouts = p
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.contains("execution timeout: Lua code ran for more than 300 ms"))
+        .count();
+    assert!(timeouts >= 5, "{:#?}", p.stderr_lines());
+    Ok(())
+}
+
+#[tokio::test]
+async fn memory_exhaustion_fails_the_invocation_only() -> Result<()> {
+    let script = r#"
+core.register_action("hog", { "http-req" }, function(txn)
+    local t = {}
+    for i = 1, 100000000 do t[i] = string.rep("x", 64) .. i end
+end, 0)
+core.register_fetches("ok", function(txn) return "fine" end)
+"#;
+    let (_d, cfg) = lua_setup(
+        script,
+        "    tune.lua.maxmem 16\n    tune.lua.session-timeout 30000\n",
+        "    http-request lua.hog if { path /hog }\n    http-request return status 200 content-type text/plain lf-string \"%[lua.ok]\"\n",
+    );
+    let p = ProxyProcess::spawn(&["-f", &cfg], 1)?;
+    let a = p.addrs[0];
+    assert_eq!(get(a, "/hog").await?.status, 200);
+    wait_stderr(&p, "the memory error", Duration::from_secs(10), |l| {
+        l.contains("action 'lua.hog' failed") && l.contains("not enough memory")
+    });
+    assert_eq!(get(a, "/").await?.body, "fine");
+    Ok(())
+}
+
+#[tokio::test]
+async fn files_are_readable_at_load_under_the_script_folder_only() -> Result<()> {
+    let dir = TempDir::new();
+    dir.write("data.txt", "line one\nline two\n");
+    std::fs::create_dir_all(dir.0.join("lib"))?;
+    dir.write(
+        "lib/helper.lua",
+        "return { greet = function() return 'hi from helper' end }\n",
+    );
+    let script = format!(
+        r#"
+package.path = "{d}/lib/?.lua;" .. package.path
+local helper = require("helper")
+local f = assert(io.open("{d}/data.txt"))
+local first = f:read("*l")
+f:close()
+local outside, err_outside = io.open("/etc/hostname")
+local p_ok, p_err = io.popen("ls")
+core.register_fetches("loaded", function(txn)
+    return first .. "|" .. helper.greet() .. "|" .. tostring(outside) .. "|" .. tostring(p_ok)
+end)
+core.register_fetches("late", function(txn)
+    local f, err = io.open("{d}/data.txt")
+    return tostring(f) .. "|" .. tostring(err)
+end)
+"#,
+        d = dir.0.display()
+    );
+    let lua = dir.write("t.lua", &script);
+    let cfg = dir.write(
+        "t.cfg",
+        &format!(
+            "global\n    lua-load {}\ndefaults\n    mode http\nfrontend fe\n    bind 127.0.0.1:0\n    http-request return status 200 content-type text/plain lf-string \"%[lua.loaded]\\n%[lua.late]\"\n",
+            lua.display()
+        ),
+    );
+    let p = ProxyProcess::spawn(&["-f", cfg.to_str().unwrap_or_default()], 1)?;
+    let r = get(p.addrs[0], "/").await?;
+    let mut lines = r.body.lines();
+    assert_eq!(lines.next(), Some("line one|hi from helper|nil|nil"));
+    let late = lines.next().unwrap_or_default();
+    assert!(
+        late.starts_with("nil|") && late.contains("only be read while the extension loads"),
+        "{late}"
+    );
+    Ok(())
+}
