@@ -55,6 +55,10 @@ impl Runtime {
             // in costs more than a short call itself.
             .async_stack_keep_resident(256 << 10);
         let mut config = Config::new();
+        // `MOONBOX_WASM_PROFILER=perfmap` names guest functions for `perf`.
+        if std::env::var("MOONBOX_WASM_PROFILER").as_deref() == Ok("perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         config
             .consume_fuel(true)
             .epoch_interruption(true)
