@@ -11,5 +11,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::moonbox::ext::guest::Guest;
-pub use moonbox::ext::types;
+pub use self::exports::moonbox::ext::guest::Guest;
+pub use self::moonbox::ext::types;
