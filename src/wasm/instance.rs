@@ -55,6 +55,9 @@ pub struct Ctx {
     pub ns: Arc<str>,
     /// The transaction, lent for the duration of one call.
     pub txn: Option<Txn>,
+    /// What stands in the caller's place while its transaction is lent,
+    /// kept from call to call so that lending costs two moves.
+    spare: Option<Txn>,
     /// The running proxy (proxies, maps); set before each call.
     pub world: Option<Arc<World>>,
     /// The request of the service being run.
@@ -150,6 +153,11 @@ struct Live {
     dead: Option<Fault>,
 }
 
+/// Ties the lifetime of a call's future to data the caller borrows for
+/// longer (`'n: 'a`), so that a call can take names and arguments by
+/// reference.
+pub type Outlives<'a, 'n> = std::marker::PhantomData<&'a &'n ()>;
+
 /// The outcome of one guest call, with the fuel it burnt.
 pub struct Called<R> {
     pub result: Result<R, Fault>,
@@ -185,6 +193,7 @@ impl Inst {
             },
             ns,
             txn: None,
+            spare: None,
             world: None,
             applet: None,
             point: Point::Init,
@@ -215,7 +224,7 @@ impl Inst {
 
     /// Runs one guest call with `txn` lent to the store, under the budget.
     /// The call must not wait: a guest that blocks in WASI is stopped.
-    pub fn call<R>(
+    pub fn call<'n, R>(
         &self,
         point: Point,
         txn: Option<&mut Txn>,
@@ -225,6 +234,7 @@ impl Inst {
         f: impl for<'a> FnOnce(
             &'a Bindings,
             &'a mut Store<Ctx>,
+            Outlives<'a, 'n>,
         ) -> std::pin::Pin<
             Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>,
         >,
@@ -266,14 +276,15 @@ impl Inst {
         }
         let mut txn = txn;
         if let Some(t) = txn.as_deref_mut() {
-            let placeholder = t.placeholder();
-            store.data_mut().txn = Some(std::mem::replace(t, placeholder));
+            let ctx = store.data_mut();
+            let stand_in = ctx.spare.take().unwrap_or_else(|| t.placeholder());
+            ctx.txn = Some(std::mem::replace(t, stand_in));
         }
         let fuel_before = budget.fuel.max(1);
         let result = match store.set_fuel(fuel_before) {
             Ok(()) => {
                 store.set_epoch_deadline(ticks);
-                drive_ready(f(bindings, store))
+                drive_ready(f(bindings, store, std::marker::PhantomData))
             }
             Err(e) => Some(Err(e)),
         };
@@ -282,7 +293,7 @@ impl Inst {
         if let Some(t) = txn
             && let Some(back) = ctx.txn.take()
         {
-            *t = back;
+            ctx.spare = Some(std::mem::replace(t, back));
         }
         ctx.applet = None;
         let exceeded = ctx.limits.exceeded.take();

@@ -207,7 +207,7 @@ impl WasmExtension {
             None,
             None,
             &self.budget(),
-            move |b, s| Box::pin(async move { b.moonbox_ext_guest().call_init(s, &args).await }),
+            move |b, s, _| Box::pin(async move { b.moonbox_ext_guest().call_init(s, &args).await }),
         );
         match called.result {
             Ok(Ok(regs)) => Ok((
@@ -336,7 +336,7 @@ impl WasmExtension {
             world.as_ref(),
             applet_req,
             &budget,
-            |b, s| start(b, s, id),
+            |b, s, _| start(b, s, id),
         );
         loop {
             used += called.fuel;
@@ -373,7 +373,7 @@ impl WasmExtension {
                 world.as_ref(),
                 None,
                 &budget,
-                |b, s| {
+                |b, s, _| {
                     Box::pin(async move { b.moonbox_ext_guest().call_resume(s, id, &result).await })
                 },
             );
@@ -418,7 +418,7 @@ impl Drop for CancelGuard {
         };
         let _ = self
             .inst
-            .call(Point::Action, None, None, None, &budget, move |b, s| {
+            .call(Point::Action, None, None, None, &budget, move |b, s, _| {
                 Box::pin(async move { b.moonbox_ext_guest().call_cancel(s, id).await })
             });
     }
@@ -465,15 +465,14 @@ impl Extension for WasmExtension {
     ) -> Result<Option<Sample>, ExtError> {
         let (inst, src) = self.pick(Point::Fetch, Some(txn))?;
         let args: Vec<_> = args.iter().cloned().map(sample_to_wit).collect();
-        let owned = name.to_owned();
         let called = inst.call(
             Point::Fetch,
             Some(txn),
             None,
             None,
             &self.budget(),
-            move |b, s| {
-                Box::pin(async move { b.moonbox_ext_guest().call_fetch(s, &owned, &args).await })
+            move |b, s, _| {
+                Box::pin(async move { b.moonbox_ext_guest().call_fetch(s, name, &args).await })
             },
         );
         match called.result {
@@ -494,17 +493,16 @@ impl Extension for WasmExtension {
         let (inst, src) = self.pick(Point::Converter, Some(txn))?;
         let input = sample_to_wit(input);
         let args: Vec<_> = args.iter().cloned().map(sample_to_wit).collect();
-        let owned = name.to_owned();
         let called = inst.call(
             Point::Converter,
             Some(txn),
             None,
             None,
             &self.budget(),
-            move |b, s| {
+            move |b, s, _| {
                 Box::pin(async move {
                     b.moonbox_ext_guest()
-                        .call_convert(s, &owned, &input, &args)
+                        .call_convert(s, name, &input, &args)
                         .await
                 })
             },
