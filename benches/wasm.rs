@@ -48,6 +48,24 @@ fn wasm_of(file: PathBuf, isolation: Isolation, fuel: Option<u64>) -> Arc<dyn Ex
     Arc::new(WasmExtension::load(&l.file, settings).expect("testkit loads"))
 }
 
+/// The Lua guest running benches/data/bench.lua (`lua.*`).
+fn lua() -> Arc<dyn Extension> {
+    let mut g = moonbox::config::model::Global::default();
+    g.lua_loads.push(moonbox::config::model::LuaLoad {
+        file: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/data/bench.lua"),
+        args: Vec::new(),
+        per_thread: false,
+        loc: moonbox::config::model::Loc {
+            file: Arc::from("bench"),
+            line: 1,
+        },
+    });
+    let settings = moonbox::wasm::lua::settings(&g, 1)
+        .expect("Lua settings")
+        .expect("a Lua extension");
+    Arc::new(moonbox::wasm::lua::load(settings).expect("the Lua guest loads"))
+}
+
 fn native() -> Arc<dyn Extension> {
     Arc::new(
         NativeExtension::new("native")
@@ -111,6 +129,22 @@ fn calls(c: &mut Criterion) {
     g.bench_function("wasm action sleep 0 (one wait and resume)", |b| {
         let args = ["0".to_string()];
         b.iter(|| black_box(rt.block_on(pooled.action("sleep", Facility::HttpReq, &mut t, &args))))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("lua");
+    let lua = lua();
+    g.bench_function("lua fetch noop", |b| {
+        b.iter(|| black_box(lua.fetch("noop", &mut t, &[])))
+    });
+    g.bench_function("lua converter noop", |b| {
+        b.iter(|| black_box(lua.convert("noop", &mut t, Sample::Str("abc".into()), &[])))
+    });
+    g.bench_function("lua action noop", |b| {
+        b.iter(|| black_box(rt.block_on(lua.action("noop", Facility::HttpReq, &mut t, &[]))))
+    });
+    g.bench_function("lua action tag_tenant (anchor s2)", |b| {
+        b.iter(|| black_box(rt.block_on(lua.action("tag_tenant", Facility::HttpReq, &mut t, &[]))))
     });
     g.finish();
 
