@@ -5,8 +5,62 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::state::{Counters, ProxyRt, ServerRt};
+use std::time::Duration;
+
+use super::state::{Counters, ProxyRt, ServerRt, SessionGuard};
 use crate::config::model::Balance;
+
+/// Why no server was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No server is usable.
+    NoServer,
+    /// Every usable server stayed at its `maxconn` for `timeout queue`.
+    QueueTimeout,
+}
+
+/// Picks a server and opens a session on it. While every usable server is
+/// at its `maxconn`, the request waits in the backend's queue (HAProxy's
+/// `timeout queue`, else `timeout connect`, else 5 s). Returns the server,
+/// its session and the time spent queued.
+pub async fn acquire(
+    backend: &ProxyRt,
+    src: IpAddr,
+) -> Result<(Arc<ServerRt>, SessionGuard, Duration), Unavailable> {
+    let started = tokio::time::Instant::now();
+    let t = &backend.config.timeouts;
+    let deadline = started + t.queue.or(t.connect).unwrap_or(Duration::from_secs(5));
+    let counters = &backend.counters;
+    let mut queued = false;
+    let result = loop {
+        // Listen before looking, so that a slot freed in between is seen.
+        let freed = counters.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        let Some(server) = pick(backend, src) else {
+            break Err(Unavailable::NoServer);
+        };
+        if let Some(guard) = server.try_reserve() {
+            break Ok((server, guard, started.elapsed()));
+        }
+        if backend.servers.iter().any(|s| s.usable() && s.has_room()) {
+            // Another request took the slot first; another server has room.
+            continue;
+        }
+        if !queued {
+            queued = true;
+            let q = counters.qcur.fetch_add(1, Ordering::Relaxed) + 1;
+            counters.qmax.fetch_max(q, Ordering::Relaxed);
+        }
+        if tokio::time::timeout_at(deadline, freed).await.is_err() {
+            break Err(Unavailable::QueueTimeout);
+        }
+    };
+    if queued {
+        counters.qcur.fetch_sub(1, Ordering::Relaxed);
+    }
+    result
+}
 
 /// Picks a server for a new request or connection; `None` when no server
 /// is usable (the caller answers 503).
@@ -33,8 +87,8 @@ pub fn pick(backend: &ProxyRt, src: IpAddr) -> Option<Arc<ServerRt>> {
         active
     };
     let with_room: Vec<&Arc<ServerRt>> = pool.iter().copied().filter(|s| s.has_room()).collect();
-    // When every server is at its maxconn, HAProxy queues; moonbox picks
-    // among all usable servers rather than refusing.
+    // When every server is at its maxconn the pick is only a candidate:
+    // `acquire` finds it full and queues the request.
     let candidates = if with_room.is_empty() {
         pool
     } else {

@@ -102,21 +102,26 @@ pub async fn handle(
     }
     let be_guard = be.counters.open_session();
 
-    let Some(srv) = balance::pick(&be, txn.sess.src.ip()) else {
-        info.term = *b"SC--";
-        tracing::debug!(backend = %be.name, "no server available");
-        return Ok(finish_reply(
-            txn,
-            error_reply(503),
-            info,
-            request_line,
-            Some(vec![be_guard]),
-        )
-        .await);
+    let (srv, srv_guard, queued) = match balance::acquire(&be, txn.sess.src.ip()).await {
+        Ok(got) => got,
+        Err(why) => {
+            info.term = match why {
+                balance::Unavailable::NoServer => *b"SC--",
+                balance::Unavailable::QueueTimeout => *b"sQ--",
+            };
+            tracing::debug!(backend = %be.name, ?why, "no server available");
+            return Ok(finish_reply(
+                txn,
+                error_reply(503),
+                info,
+                request_line,
+                Some(vec![be_guard]),
+            )
+            .await);
+        }
     };
     txn.server = Some(srv.clone());
-    info.t_queue = Some(Duration::ZERO);
-    let srv_guard = srv.counters.open_session();
+    info.t_queue = Some(queued);
     let guards = vec![be_guard, srv_guard];
 
     // Build the upstream request. The request headers move to the server,

@@ -17,6 +17,11 @@ use crate::sample::map::MapStore;
 /// Traffic counters shared by proxies and servers (HAProxy's stats columns).
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Woken when a session ends: a server's is its backend's queue.
+    pub freed: Arc<tokio::sync::Notify>,
+    /// Requests waiting in the queue now, and the most seen.
+    pub qcur: AtomicU64,
+    pub qmax: AtomicU64,
     /// Current sessions.
     pub scur: AtomicU64,
     /// Highest `scur` seen.
@@ -74,6 +79,7 @@ pub struct SessionGuard(Arc<Counters>);
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.0.scur.fetch_sub(1, Ordering::Relaxed);
+        self.0.freed.notify_one();
     }
 }
 
@@ -133,6 +139,15 @@ pub struct ServerRt {
 
 impl ServerRt {
     pub fn new(config: ServerConfig, puid: u32) -> ServerRt {
+        Self::with_queue(config, puid, Arc::default())
+    }
+
+    /// A server whose ending sessions wake `queue` (its backend's).
+    pub fn with_queue(
+        config: ServerConfig,
+        puid: u32,
+        queue: Arc<tokio::sync::Notify>,
+    ) -> ServerRt {
         let state = if config.disabled {
             ServerState::Maint
         } else if config.check {
@@ -149,7 +164,10 @@ impl ServerRt {
             state: AtomicU8::new(state as u8),
             check_ok_streak: AtomicU32::new(0),
             check_fail_streak: AtomicU32::new(0),
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(Counters {
+                freed: queue,
+                ..Counters::default()
+            }),
             last_change: AtomicU64::new(unix_now()),
             puid,
             pool: Arc::new(super::upstream::Pool::default()),
@@ -206,6 +224,19 @@ impl ServerRt {
         v
     }
 
+    /// Opens a session on this server if it stays within `maxconn`.
+    pub fn try_reserve(&self) -> Option<SessionGuard> {
+        let max = self.maxconn.load(Ordering::Relaxed) as u64;
+        let cur = self.counters.scur.fetch_add(1, Ordering::Relaxed) + 1;
+        if max != 0 && cur > max {
+            self.counters.scur.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        self.counters.smax.fetch_max(cur, Ordering::Relaxed);
+        self.counters.stot.fetch_add(1, Ordering::Relaxed);
+        Some(SessionGuard(Arc::clone(&self.counters)))
+    }
+
     /// Whether a new connection stays within `maxconn` (0 = unlimited).
     pub fn has_room(&self) -> bool {
         let max = self.maxconn.load(Ordering::Relaxed) as u64;
@@ -228,16 +259,26 @@ pub struct ProxyRt {
 impl ProxyRt {
     /// Builds the run-time proxy from its configuration.
     pub fn new(config: Arc<ProxyConfig>, uuid: u32) -> ProxyRt {
+        let queue: Arc<tokio::sync::Notify> = Arc::default();
         let servers = config
             .servers
             .iter()
             .enumerate()
-            .map(|(i, s)| Arc::new(ServerRt::new(s.clone(), i as u32 + 1)))
+            .map(|(i, s)| {
+                Arc::new(ServerRt::with_queue(
+                    s.clone(),
+                    i as u32 + 1,
+                    Arc::clone(&queue),
+                ))
+            })
             .collect();
         ProxyRt {
             name: config.name.clone(),
             servers,
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(Counters {
+                freed: queue,
+                ..Counters::default()
+            }),
             rr: AtomicU64::new(0),
             uuid,
             config,
@@ -311,6 +352,10 @@ impl ProxyRt {
             ),
             ("slim", self.config.maxconn.unwrap_or(0).to_string()),
         ];
+        if backend {
+            v.push(("qcur", Counters::get(&self.counters.qcur).to_string()));
+            v.push(("qmax", Counters::get(&self.counters.qmax).to_string()));
+        }
         v.extend(counter_stats(&self.counters));
         v
     }

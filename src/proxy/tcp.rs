@@ -60,13 +60,18 @@ pub async fn serve(mut txn: Txn, mut client: TcpStream) {
     };
     txn.backend = Some(be.clone());
     let _be_guard = be.counters.open_session();
-    let Some(srv) = balance::pick(&be, txn.sess.src.ip()) else {
-        info.term = *b"SC--";
-        log(&txn, info);
-        return;
+    let (srv, _srv_guard) = match balance::acquire(&be, txn.sess.src.ip()).await {
+        Ok((srv, guard, _)) => (srv, guard),
+        Err(why) => {
+            info.term = match why {
+                balance::Unavailable::NoServer => *b"SC--",
+                balance::Unavailable::QueueTimeout => *b"sQ--",
+            };
+            log(&txn, info);
+            return;
+        }
     };
     txn.server = Some(srv.clone());
-    let _srv_guard = srv.counters.open_session();
     let t0 = std::time::Instant::now();
     let connect = TcpStream::connect(srv.addr);
     let server = match be.config.timeouts.connect {

@@ -155,3 +155,51 @@ async fn httpchk_checks_status() -> Result<()> {
     assert!(ok.hits() > 0, "health checks reached the server");
     Ok(())
 }
+
+#[tokio::test]
+async fn full_servers_queue_requests_until_a_slot_frees() -> Result<()> {
+    let a = Upstream::start("a", Behavior::Slow(Duration::from_millis(150))).await;
+    let cfg = format!(
+        "defaults\n  mode http\n  timeout queue 5s\nfrontend fe\n  bind 127.0.0.1:0\n  default_backend be\n\
+         backend be\n  server a {} maxconn 1\n",
+        a.addr
+    );
+    let p = start(&cfg, Registry::new()).await?;
+    let addr = p.addr("fe");
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        set.spawn(async move { get(addr, "/").await });
+    }
+    // While one request is served the others wait in the queue.
+    let world = p.proxy.world();
+    let be = world.backend("be").expect("backend").clone();
+    eventually("two queued requests", Duration::from_secs(2), async || {
+        moonbox::proxy::state::Counters::get(&be.counters.qcur) == 2
+    })
+    .await;
+    while let Some(r) = set.join_next().await {
+        assert_eq!(r??.status, 200);
+    }
+    let srv = be.server("a").expect("server");
+    assert_eq!(moonbox::proxy::state::Counters::get(&srv.counters.smax), 1);
+    assert_eq!(moonbox::proxy::state::Counters::get(&be.counters.qmax), 2);
+    assert_eq!(moonbox::proxy::state::Counters::get(&be.counters.qcur), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_queued_past_timeout_queue_gets_503() -> Result<()> {
+    let a = Upstream::start("a", Behavior::Slow(Duration::from_millis(600))).await;
+    let cfg = format!(
+        "defaults\n  mode http\n  timeout queue 100ms\nfrontend fe\n  bind 127.0.0.1:0\n  default_backend be\n\
+         backend be\n  server a {} maxconn 1\n",
+        a.addr
+    );
+    let p = start(&cfg, Registry::new()).await?;
+    let addr = p.addr("fe");
+    let first = tokio::spawn(async move { get(addr, "/").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get(addr, "/").await?.status, 503);
+    assert_eq!(first.await??.status, 200);
+    Ok(())
+}
