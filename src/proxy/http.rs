@@ -45,6 +45,7 @@ pub async fn handle(
         String::new()
     };
     let mut txn = Txn::new(world, sess, fe.clone(), next_txn_id());
+    tracing::Span::current().record("txn", txn.id);
     txn.phase = Phase::Request;
     txn.req = Some(parts);
     fe.counters.req_tot.fetch_add(1, Ordering::Relaxed);

@@ -432,7 +432,22 @@ async fn serve_http(g: Arc<Generation>, fe: Arc<ProxyRt>, sess: Arc<Session>, st
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(BUFSIZE as u32);
-    let svc = service_fn(move |req| http::handle(world.clone(), fe.clone(), sess.clone(), req));
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        // One span per request (shown with RUST_LOG=debug): every line an
+        // extension or the proxy logs while serving it carries these fields.
+        let span = tracing::debug_span!(
+            "request",
+            frontend = %fe.name,
+            client = %sess.src,
+            method = %req.method(),
+            path = %req.uri().path(),
+            txn = tracing::field::Empty,
+        );
+        tracing::Instrument::instrument(
+            http::handle(world.clone(), fe.clone(), sess.clone(), req),
+            span,
+        )
+    });
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {

@@ -549,3 +549,32 @@ frontend fe\n    bind 127.0.0.1:0\n\
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn lines_logged_while_serving_a_request_carry_its_span() -> Result<()> {
+    let dir = TempDir::new();
+    let cfg = dir.write(
+        "moonbox.cfg",
+        &format!(
+            "global\n    ext-load {}\n\n{DEFAULTS}frontend fe\n    bind 127.0.0.1:0\n    http-request testkit.fail\n    http-request return status 200 content-type text/plain string ok\n",
+            guest("testkit")
+        ),
+    );
+    let p = ProxyProcess::spawn_env(
+        &["-f", cfg.to_str().unwrap_or_default()],
+        &[("RUST_LOG", "info,moonbox=debug")],
+        1,
+    )?;
+    assert_eq!(get(p.addrs[0], "/some/path").await?.status, 200);
+    wait_stderr(
+        &p,
+        "the action's line inside its request span",
+        Duration::from_secs(5),
+        |l| {
+            l.contains("request{frontend=fe client=127.0.0.1:")
+                && l.contains("method=GET path=/some/path txn=")
+                && l.contains("action 'testkit.fail' failed")
+        },
+    );
+    Ok(())
+}
