@@ -22,6 +22,7 @@ fn main() {
     let out = out_dir.join("moonbox_lua.wasm");
 
     if let Some(prebuilt) = std::env::var_os("MOONBOX_LUA_GUEST") {
+        println!("cargo:rerun-if-changed={}", Path::new(&prebuilt).display());
         std::fs::copy(&prebuilt, &out).unwrap_or_else(|e| {
             panic!("MOONBOX_LUA_GUEST={}: {e}", Path::new(&prebuilt).display())
         });

@@ -200,6 +200,126 @@ package.searchers[3] = nil
 package.searchers[4] = nil
 
 ---------------------------------------------------------------------------
+-- Addresses: core.parse_addr, core.match_addr
+
+local function parse_ipv4(s)
+    local a, b, c, d = s:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+    if not a then return nil end
+    local bytes = { tonumber(a), tonumber(b), tonumber(c), tonumber(d) }
+    for _, x in ipairs(bytes) do if x > 255 then return nil end end
+    return bytes
+end
+
+local function parse_ipv6(s)
+    local head, tail = s, nil
+    local dc = s:find("::", 1, true)
+    if dc then head, tail = s:sub(1, dc - 1), s:sub(dc + 2) end
+    local function groups(part)
+        local out = {}
+        if part == "" then return out end
+        for g in (part .. ":"):gmatch("([^:]*):") do
+            if not g:match("^%x%x?%x?%x?$") then return nil end
+            out[#out + 1] = tonumber(g, 16)
+        end
+        return out
+    end
+    local h, t = groups(head), groups(tail or "")
+    if not h or not t then return nil end
+    local missing = 8 - #h - #t
+    if (dc and missing < 1) or (not dc and missing ~= 0) then return nil end
+    local all = {}
+    for _, g in ipairs(h) do all[#all + 1] = g end
+    for _ = 1, missing do all[#all + 1] = 0 end
+    for _, g in ipairs(t) do all[#all + 1] = g end
+    local bytes = {}
+    for _, g in ipairs(all) do
+        bytes[#bytes + 1] = g // 256
+        bytes[#bytes + 1] = g % 256
+    end
+    return bytes
+end
+
+--- Parses "IP[/MASK]" (IPv4 or IPv6) into a network, or nil.
+function core.parse_addr(addr)
+    if type(addr) ~= "string" then return nil end
+    local ip, mask = addr:match("^([^/]+)/(%d+)$")
+    ip = ip or addr
+    local bytes = parse_ipv4(ip)
+    local bits = 32
+    if not bytes then
+        bytes = parse_ipv6(ip)
+        bits = 128
+    end
+    if not bytes then return nil end
+    mask = tonumber(mask) or bits
+    if mask > bits then return nil end
+    return { bytes = bytes, mask = mask, family = bits == 32 and 4 or 6 }
+end
+
+--- Whether two networks match: the shorter mask decides.
+function core.match_addr(a, b)
+    if type(a) == "string" then a = core.parse_addr(a) end
+    if type(b) == "string" then b = core.parse_addr(b) end
+    if not a or not b or a.family ~= b.family then return false end
+    local mask = math.min(a.mask, b.mask)
+    for i = 1, #a.bytes do
+        local bits = math.max(0, math.min(8, mask - (i - 1) * 8))
+        if bits == 0 then break end
+        local keep = 256 - 2 ^ (8 - bits)
+        if (a.bytes[i] & keep) ~= (b.bytes[i] & keep) then return false end
+    end
+    return true
+end
+
+---------------------------------------------------------------------------
+-- HTTP dates: core.http_date, core.imf_date, core.rfc850_date,
+-- core.asctime_date return seconds since the epoch, or nil.
+
+local months = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6,
+                 Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
+
+local function epoch(y, mon, d, h, mi, s)
+    local m = months[mon]
+    if not m then return nil end
+    y, d, h, mi, s = tonumber(y), tonumber(d), tonumber(h), tonumber(mi), tonumber(s)
+    if d < 1 or d > 31 or h > 23 or mi > 59 or s > 60 then return nil end
+    -- Days from civil (proleptic Gregorian).
+    local yy = m <= 2 and y - 1 or y
+    local era = (yy >= 0 and yy or yy - 399) // 400
+    local yoe = yy - era * 400
+    local mp = (m + 9) % 12
+    local doy = (153 * mp + 2) // 5 + d - 1
+    local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    local days = era * 146097 + doe - 719468
+    return math.tointeger(days * 86400 + h * 3600 + mi * 60 + s)
+end
+
+function core.imf_date(s)
+    local _, d, mon, y, h, mi, sec = s:match("^(%a%a%a), (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+    if not d then return nil end
+    return epoch(y, mon, d, h, mi, sec)
+end
+
+function core.rfc850_date(s)
+    local d, mon, y, h, mi, sec = s:match("^%a+, (%d%d)%-(%a%a%a)%-(%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+    if not d then return nil end
+    y = tonumber(y)
+    y = y < 70 and 2000 + y or 1900 + y
+    return epoch(y, mon, d, h, mi, sec)
+end
+
+function core.asctime_date(s)
+    local mon, d, h, mi, sec, y = s:match("^%a%a%a (%a%a%a) +(%d%d?) (%d%d):(%d%d):(%d%d) (%d%d%d%d)$")
+    if not mon then return nil end
+    return epoch(y, mon, d, h, mi, sec)
+end
+
+function core.http_date(s)
+    if type(s) ~= "string" then return nil end
+    return core.imf_date(s) or core.rfc850_date(s) or core.asctime_date(s)
+end
+
+---------------------------------------------------------------------------
 -- Concat
 
 local Concat = {}

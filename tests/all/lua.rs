@@ -287,3 +287,104 @@ end)
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_api_classes_answer_as_haproxy_documents() -> Result<()> {
+    let app = Upstream::start("app", Behavior::Echo).await;
+    let script = r#"
+local out = {}
+local function put(k, v) out[#out + 1] = k .. "=" .. tostring(v) end
+
+core.register_action("api", { "http-req" }, function(txn)
+    out = {}
+    -- Fetches and converters by name, `.` spelled `_`; sf gives "" for none.
+    put("f.req_hdr", txn.f:req_hdr("x-a"))
+    put("sf.missing", "[" .. txn.sf:req_hdr("x-missing") .. "]")
+    put("f.method", txn.f:method())
+    put("c.upper", txn.c:upper("abc"))
+    put("sc.base64", txn.sc:base64("hi"))
+    -- Headers, 0-based as HAProxy gives them.
+    local h = txn.http:req_get_headers()
+    put("hdr0", h["x-a"][0])
+    txn.http:req_set_header("x-set", "1")
+    txn.http:req_add_header("x-add", "2")
+    txn.http:req_del_header("x-gone")
+    -- Variables of every scope, and private data.
+    txn:set_var("txn.n", 41)
+    put("var", txn:get_var("txn.n") + 1)
+    txn:set_var("req.flag", true)
+    put("bool", txn:get_var("req.flag"))
+    txn:set_priv({ k = "v" })
+    put("priv", txn:get_priv().k)
+    -- core helpers.
+    put("tokenize", table.concat(core.tokenize("a,b,,c", ","), "|"))
+    local c = core.concat(); c:add("x"); c:add(1); put("concat", c:dump())
+    put("match", core.match_addr(core.parse_addr("10.1.2.3"), core.parse_addr("10.0.0.0/8")))
+    put("nomatch", core.match_addr("192.168.1.1", "10.0.0.0/8"))
+    put("v6", core.match_addr("2001:db8::1", "2001:db8::/32"))
+    put("date", core.http_date("Sun, 06 Nov 1994 08:49:37 GMT"))
+    put("rfc850", core.http_date("Sunday, 06-Nov-94 08:49:37 GMT"))
+    put("asctime", core.http_date("Sun Nov  6 08:49:37 1994"))
+    put("baddate", core.http_date("yesterday"))
+    local be = core.backends["app"]
+    put("backend", be:get_name() .. ":" .. be.servers["s1"]:get_addr())
+    put("scur", type(be.servers["s1"]:get_stats()["scur"]))
+    put("now", type(core.now().sec))
+    put("act", act.DENY)
+    txn.http:req_set_header("x-api", table.concat(out, ";"))
+end, 0)
+
+core.register_action("reply", { "http-req" }, function(txn)
+    local r = txn:reply({ status = 201, body = "made\n" })
+    r:add_header("x-made", "yes")
+    txn:done(r)
+    error("not reached")
+end, 0)
+"#;
+    let rules = format!(
+        "    http-request lua.reply if {{ path /reply }}\n    http-request lua.api\n    default_backend app\n\nbackend app\n    server s1 {}\n",
+        app.addr
+    );
+    let (_d, cfg) = lua_setup(script, "", &rules);
+    let p = ProxyProcess::spawn(&["-f", &cfg], 1)?;
+    let a = p.addrs[0];
+    let r = request(a, "GET", "/", &[("x-a", "A1"), ("x-gone", "bye")], "").await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-echo-x-set").as_deref(), Some("1"));
+    assert_eq!(r.header("x-echo-x-add").as_deref(), Some("2"));
+    assert_eq!(r.header("x-echo-x-gone"), None);
+    let api = r.header("x-echo-x-api").unwrap_or_default();
+    for want in [
+        "f.req_hdr=A1",
+        "sf.missing=[]",
+        "f.method=GET",
+        "c.upper=ABC",
+        "sc.base64=aGk=",
+        "hdr0=A1",
+        "var=42",
+        "bool=true",
+        "priv=v",
+        "tokenize=a|b||c",
+        "concat=x1",
+        "match=true",
+        "nomatch=false",
+        "v6=true",
+        "date=784111777",
+        "rfc850=784111777",
+        "asctime=784111777",
+        "baddate=nil",
+        &format!("backend=app:{}", app.addr),
+        "scur=number",
+        "now=number",
+        "act=5",
+    ] {
+        assert!(
+            api.split(';').any(|kv| kv == want),
+            "{want} missing in {api}"
+        );
+    }
+    let r = get(a, "/reply").await?;
+    assert_eq!((r.status, r.body.as_str()), (201, "made\n"));
+    assert_eq!(r.header("x-made").as_deref(), Some("yes"));
+    Ok(())
+}
