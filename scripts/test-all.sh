@@ -14,6 +14,8 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v clang-22 >/dev/null || need_apt+=(clang-22)
 command -v llvm-ar-22 >/dev/null || need_apt+=(llvm-22)
 [ -d /usr/include/wasm32-wasi ] || need_apt+=(wasi-libc)
+# Differential tests run the same Lua scripts under Debian's HAProxy.
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -q >/dev/null

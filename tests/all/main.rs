@@ -5,6 +5,7 @@ mod balance;
 mod cli;
 mod common;
 mod configs;
+mod differential;
 mod examples;
 mod ext;
 mod http;
