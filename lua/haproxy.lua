@@ -320,6 +320,37 @@ function core.http_date(s)
 end
 
 ---------------------------------------------------------------------------
+-- Queue (core.queue)
+
+local Queue = {}
+Queue.__index = Queue
+function core.queue() return setmetatable({ items = {}, first = 1, last = 0 }, Queue) end
+function Queue:size() return self.last - self.first + 1 end
+function Queue:push(v)
+    if v == nil then return false end
+    self.last = self.last + 1
+    self.items[self.last] = v
+    return true
+end
+function Queue:pop()
+    if self.first > self.last then return nil end
+    local v = self.items[self.first]
+    self.items[self.first] = nil
+    self.first = self.first + 1
+    return v
+end
+--- Waits (yielding to the proxy) until an item is there.
+function Queue:pop_wait()
+    while self.first > self.last do core.msleep(1) end
+    return self:pop()
+end
+function Queue:alarm() end
+
+function core.get_info()
+    return { Name = "moonbox", Version = "moonbox", Nbthread = core.thread, Uptime_sec = 0 }
+end
+
+---------------------------------------------------------------------------
 -- Concat
 
 local Concat = {}

@@ -331,8 +331,22 @@ core.register_action("api", { "http-req" }, function(txn)
     put("scur", type(be.servers["s1"]:get_stats()["scur"]))
     put("now", type(core.now().sec))
     put("act", act.DENY)
+    local q = core.queue()
+    q:push("a"); q:push("b")
+    put("queue", q:size() .. q:pop() .. q:pop() .. tostring(q:pop()))
     txn.http:req_set_header("x-api", table.concat(out, ";"))
 end, 0)
+
+core.register_action("early", { "http-req" }, function(txn)
+    txn.http:req_set_header("x-early", "before")
+    core.done()
+    txn.http:req_set_header("x-early", "after")
+end, 0)
+
+core.register_fetches("early_fetch", function(txn)
+    core.done()
+    return "after"
+end)
 
 core.register_action("reply", { "http-req" }, function(txn)
     local r = txn:reply({ status = 201, body = "made\n" })
@@ -342,7 +356,7 @@ core.register_action("reply", { "http-req" }, function(txn)
 end, 0)
 "#;
     let rules = format!(
-        "    http-request lua.reply if {{ path /reply }}\n    http-request lua.api\n    default_backend app\n\nbackend app\n    server s1 {}\n",
+        "    http-request lua.reply if {{ path /reply }}\n    http-request lua.early if {{ path /early }}\n    http-request set-header x-early-fetch %[lua.early_fetch] if {{ path /early }}\n    http-request lua.api\n    default_backend app\n\nbackend app\n    server s1 {}\n",
         app.addr
     );
     let (_d, cfg) = lua_setup(script, "", &rules);
@@ -377,6 +391,7 @@ end, 0)
         "scur=number",
         "now=number",
         "act=5",
+        "queue=2abnil",
     ] {
         assert!(
             api.split(';').any(|kv| kv == want),
@@ -386,5 +401,16 @@ end, 0)
     let r = get(a, "/reply").await?;
     assert_eq!((r.status, r.body.as_str()), (201, "made\n"));
     assert_eq!(r.header("x-made").as_deref(), Some("yes"));
+    // core.done() returns at once, without an error: the action's rules go
+    // on, the fetch has no sample.
+    let r = get(a, "/early").await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-echo-x-early").as_deref(), Some("before"));
+    assert_eq!(r.header("x-echo-x-early-fetch").as_deref(), Some(""));
+    assert!(
+        !p.stderr_lines().iter().any(|l| l.contains("lua.early")),
+        "{:#?}",
+        p.stderr_lines()
+    );
     Ok(())
 }

@@ -26,6 +26,8 @@ const HAPROXY_LUA: &str = include_str!("../../../lua/haproxy.lua");
 
 /// The marker error of `txn:done()`, which ends the action at once.
 const DONE_MARKER: &str = "\u{1}moonbox:done";
+/// The marker error of `core.done()`, which returns to the caller at once.
+const CORE_DONE_MARKER: &str = "\u{1}moonbox:core-done";
 
 /// What the configuration gives the Lua state.
 #[derive(Default, Debug)]
@@ -155,13 +157,21 @@ fn describe(e: &mlua::Error) -> String {
     s.lines().next().unwrap_or_default().to_string()
 }
 
-fn is_done(e: &mlua::Error) -> bool {
+fn has_marker(e: &mlua::Error, marker: &str) -> bool {
     match e {
-        mlua::Error::CallbackError { cause, .. } => is_done(cause),
-        mlua::Error::RuntimeError(m) => m.contains(DONE_MARKER),
-        mlua::Error::ExternalError(x) => x.to_string().contains(DONE_MARKER),
-        _ => e.to_string().contains(DONE_MARKER),
+        mlua::Error::CallbackError { cause, .. } => has_marker(cause, marker),
+        mlua::Error::RuntimeError(m) => m.contains(marker),
+        _ => e.to_string().contains(marker),
     }
+}
+
+fn is_done(e: &mlua::Error) -> bool {
+    has_marker(e, DONE_MARKER)
+}
+
+/// `core.done()`: the function returned early; not an error.
+fn is_core_done(e: &mlua::Error) -> bool {
+    has_marker(e, CORE_DONE_MARKER)
 }
 
 fn sample_to_lua(lua: &Lua, s: Sample) -> mlua::Result<Value> {
@@ -820,7 +830,11 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
                         f.call::<Value>(MultiValue::from_vec(argv))
                     })();
                     DEADLINE.set(None);
-                    r.map(|v| lua_to_sample(&v)).map_err(|e| describe(&e))
+                    match r {
+                        Ok(v) => Ok(lua_to_sample(&v)),
+                        Err(e) if is_core_done(&e) => Ok(None),
+                        Err(e) => Err(describe(&e)),
+                    }
                 });
             }
             Reg::Converter(name, f) => {
@@ -838,7 +852,11 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
                         f.call::<Value>(MultiValue::from_vec(argv))
                     })();
                     DEADLINE.set(None);
-                    r.map(|v| lua_to_sample(&v)).map_err(|e| describe(&e))
+                    match r {
+                        Ok(v) => Ok(lua_to_sample(&v)),
+                        Err(e) if is_core_done(&e) => Ok(None),
+                        Err(e) => Err(describe(&e)),
+                    }
                 });
             }
             Reg::Action(name, facs, nargs, f) => {
@@ -858,6 +876,7 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
                         match r {
                             Ok(v) => Ok(verdict(&v)),
                             Err(e) if is_done(&e) => Ok(Verdict::Done),
+                            Err(e) if is_core_done(&e) => Ok(Verdict::Continue),
                             Err(e) => Err(describe(&e)),
                         }
                     })
@@ -893,7 +912,7 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
                         .await;
                         match r {
                             Ok(()) => Ok(()),
-                            Err(e) if is_done(&e) => Ok(()),
+                            Err(e) if is_done(&e) || is_core_done(&e) => Ok(()),
                             Err(e) => Err(describe(&e)),
                         }
                     })
@@ -911,7 +930,7 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
                         .await;
                         match r {
                             Ok(_) => Ok(()),
-                            Err(e) if is_done(&e) => Ok(()),
+                            Err(e) if is_done(&e) || is_core_done(&e) => Ok(()),
                             Err(e) => Err(describe(&e)),
                         }
                     })
