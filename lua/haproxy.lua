@@ -681,6 +681,81 @@ function Socket:receive(pattern, prefix)
 end
 
 function Socket:close() return mb.close(self.id) end
+
+---------------------------------------------------------------------------
+-- HTTP client (core.httpclient): HTTP/1.1 over core.tcp(), one request per
+-- connection. `http://` only.
+
+local HttpClient = {}
+HttpClient.__index = HttpClient
+function core.httpclient() return setmetatable({}, HttpClient) end
+
+local function dechunk(body)
+    local out, pos = {}, 1
+    while true do
+        local size_line_end = body:find("\r\n", pos, true)
+        if not size_line_end then return nil end
+        local size = tonumber(body:sub(pos, size_line_end - 1):match("^%x+"), 16)
+        if not size then return nil end
+        if size == 0 then break end
+        local start = size_line_end + 2
+        out[#out + 1] = body:sub(start, start + size - 1)
+        pos = start + size + 2
+    end
+    return table.concat(out)
+end
+
+function HttpClient:request(method, t)
+    t = t or {}
+    local url = t.url or ""
+    local host, port, path = url:match("^http://([^/:]+):?(%d*)(.*)$")
+    if not host then return nil, "invalid url '" .. url .. "', expected http://HOST[:PORT]/PATH" end
+    port = tonumber(port) or 80
+    if path == "" then path = "/" end
+    local sock = core.tcp()
+    if t.timeout then sock:settimeout(t.timeout / 1000) end
+    local ok, err = sock:connect(host, port)
+    if not ok then return nil, err end
+    local lines = { method .. " " .. path .. " HTTP/1.1", "host: " .. host .. ":" .. port, "connection: close" }
+    local body = t.body or ""
+    for name, values in pairs(t.headers or {}) do
+        if type(values) ~= "table" then values = { values } end
+        for _, v in pairs(values) do lines[#lines + 1] = name .. ": " .. tostring(v) end
+    end
+    if #body > 0 or method == "POST" or method == "PUT" then
+        lines[#lines + 1] = "content-length: " .. #body
+    end
+    sock:send(table.concat(lines, "\r\n") .. "\r\n\r\n" .. body)
+    local status_line, rerr = sock:receive("*l")
+    if not status_line then sock:close(); return nil, rerr end
+    local status, reason = status_line:match("^HTTP/%d%.%d (%d+) ?(.*)$")
+    local res = { status = tonumber(status), reason = reason, headers = {}, body = "" }
+    while true do
+        local line = sock:receive("*l")
+        if not line or line == "" then break end
+        local n, v = line:match("^([^:]+):%s*(.-)%s*$")
+        if n then
+            n = n:lower()
+            local vals = res.headers[n]
+            if not vals then vals = {}; res.headers[n] = vals; vals[0] = v
+            else vals[#vals + 1] = v end
+        end
+    end
+    local rest = sock:receive("*a") or ""
+    sock:close()
+    local te = res.headers["transfer-encoding"]
+    if te and te[0]:lower():find("chunked", 1, true) then
+        rest = dechunk(rest) or rest
+    end
+    res.body = rest
+    return res
+end
+
+function HttpClient:get(t) return self:request("GET", t) end
+function HttpClient:head(t) return self:request("HEAD", t) end
+function HttpClient:put(t) return self:request("PUT", t) end
+function HttpClient:post(t) return self:request("POST", t) end
+function HttpClient:delete(t) return self:request("DELETE", t) end
 function Socket:getpeername()
     if not self.peer then return nil end
     local h, p = self.peer:match("^%[?(.-)%]?:(%d+)$")

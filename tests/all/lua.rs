@@ -414,3 +414,37 @@ end, 0)
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn httpclient_talks_to_a_real_server() -> Result<()> {
+    let side = Upstream::start("side", Behavior::Echo).await;
+    let script = format!(
+        r#"
+core.register_action("ask", {{ "http-req" }}, function(txn)
+    local hc = core.httpclient()
+    local res = hc:post{{ url = "http://{addr}/check?x=1", headers = {{ ["x-who"] = "lua" }}, body = "ping" }}
+    txn.http:req_set_header("x-side-status", res.status)
+    txn.http:req_set_header("x-side-body", res.body)
+    txn.http:req_set_header("x-side-path", res.headers["x-echo-path"][0])
+    txn.http:req_set_header("x-side-who", res.headers["x-echo-x-who"][0])
+    txn.http:req_set_header("x-side-len", res.headers["x-echo-body-len"][0])
+end, 0)
+"#,
+        addr = side.addr
+    );
+    let app = Upstream::start("app", Behavior::Echo).await;
+    let rules = format!(
+        "    http-request lua.ask\n    default_backend app\n\nbackend app\n    server s1 {}\n",
+        app.addr
+    );
+    let (_d, cfg) = lua_setup(&script, "", &rules);
+    let p = ProxyProcess::spawn(&["-f", &cfg], 1)?;
+    let r = get(p.addrs[0], "/").await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-echo-x-side-status").as_deref(), Some("200"));
+    assert_eq!(r.header("x-echo-x-side-body").as_deref(), Some("side"));
+    assert_eq!(r.header("x-echo-x-side-path").as_deref(), Some("/check"));
+    assert_eq!(r.header("x-echo-x-side-who").as_deref(), Some("lua"));
+    assert_eq!(r.header("x-echo-x-side-len").as_deref(), Some("4"));
+    Ok(())
+}
