@@ -426,6 +426,27 @@ function MapObj:lookup(key) return mb.map_lookup(self.file, self.method, tostrin
 function MapObj:slookup(key) return self:lookup(key) or "" end
 
 ---------------------------------------------------------------------------
+-- Regex (compiled by the proxy)
+
+Regex = {}
+local RegexObj = {}
+RegexObj.__index = RegexObj
+--- Regex.new(pattern, case_sensitive): case_sensitive defaults to true.
+function Regex.new(pattern, case_sensitive)
+    local r = setmetatable({ pattern = pattern, nocase = case_sensitive == false }, RegexObj)
+    mb.regex(pattern, r.nocase, "")  -- fails now on a bad pattern
+    return r
+end
+--- Whether `str` matches.
+function RegexObj:exec(str) return mb.regex(self.pattern, self.nocase, tostring(str)) ~= false end
+--- Whether `str` matches, and the whole match and groups.
+function RegexObj:match(str)
+    local groups = mb.regex(self.pattern, self.nocase, tostring(str))
+    if groups == false then return false, {} end
+    return true, groups
+end
+
+---------------------------------------------------------------------------
 -- Fetches and converters: txn.f, txn.sf, txn.c, txn.sc. Names take `_`
 -- for `.` (req.hdr -> req_hdr), as in HAProxy.
 

@@ -65,6 +65,8 @@ pub struct Ctx {
     pub point: Point,
     /// Folders `files.read` may read from, at load only.
     pub readable: Arc<[std::path::PathBuf]>,
+    /// Compiled patterns of `regex.captures`.
+    pub regexes: std::collections::HashMap<(String, bool), regex::Regex>,
 }
 
 impl WasiView for Ctx {
@@ -198,6 +200,7 @@ impl Inst {
             applet: None,
             point: Point::Init,
             readable: Arc::from(settings.preopens.as_slice()),
+            regexes: std::collections::HashMap::new(),
         };
         let mut store = Store::new(engine, ctx);
         store.limiter(|c| &mut c.limits);

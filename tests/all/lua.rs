@@ -331,6 +331,11 @@ core.register_action("api", { "http-req" }, function(txn)
     put("scur", type(be.servers["s1"]:get_stats()["scur"]))
     put("now", type(core.now().sec))
     put("act", act.DENY)
+    local re = Regex.new("^/(api|www)/(\\d+)", true)
+    local ok, caps = re:match("/api/42/x")
+    put("regex", tostring(ok) .. ":" .. caps[1] .. ":" .. caps[2] .. ":" .. caps[3])
+    put("regex_no", re:exec("/other"))
+    put("regex_ci", Regex.new("^abc$", false):exec("ABC"))
     local q = core.queue()
     q:push("a"); q:push("b")
     put("queue", q:size() .. q:pop() .. q:pop() .. tostring(q:pop()))
@@ -392,6 +397,9 @@ end, 0)
         "now=number",
         "act=5",
         "queue=2abnil",
+        "regex=true:/api/42:api:42",
+        "regex_no=false",
+        "regex_ci=true",
     ] {
         assert!(
             api.split(';').any(|kv| kv == want),

@@ -562,6 +562,25 @@ fn primitives(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
     mb.set(
+        "regex",
+        lua.create_function(
+            |lua, (pattern, nocase, subject): (String, bool, mlua::LuaString)| {
+                let subject = subject.to_str()?.to_string();
+                match host::regex::captures(&pattern, nocase, &subject) {
+                    Ok(Some(groups)) => {
+                        let t = lua.create_table()?;
+                        for (i, g) in groups.into_iter().enumerate() {
+                            t.raw_set(i + 1, g)?;
+                        }
+                        Ok(Value::Table(t))
+                    }
+                    Ok(None) => Ok(Value::Boolean(false)),
+                    Err(e) => Err(lua_err(e)),
+                }
+            },
+        )?,
+    )?;
+    mb.set(
         "map_lookup",
         lua.create_function(|_, (f, m, k): (String, String, String)| {
             host::maps::lookup(&f, &m, &k).map_err(lua_err)

@@ -7,6 +7,7 @@ pub mod files;
 pub mod log;
 pub mod maps;
 pub mod proxies;
+pub mod regex;
 pub mod stdio;
 pub mod txn;
 pub mod types;
