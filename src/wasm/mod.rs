@@ -293,6 +293,33 @@ impl WasmExtension {
         }
     }
 
+    /// Runs a service (HTTP or TCP) over its applet.
+    async fn service(
+        &self,
+        name: &str,
+        txn: &mut Txn,
+        side: AppletSide<'_>,
+        request: Option<AppletRequest>,
+    ) -> Result<(), ExtError> {
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        let io = IoCtx::new(&self.settings.allow_connect, side, deadline);
+        let owned = name.to_owned();
+        let on = On {
+            txn: Some(txn),
+            world: None,
+            applet: request,
+        };
+        self.invoke(Point::Service, name, on, io, move |b, s, id| {
+            Box::pin(async move {
+                b.moonbox_ext_guest()
+                    .call_start_service(s, id, &owned)
+                    .await
+            })
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Runs a resumable invocation (action, service, task) to its end.
     async fn invoke(
         &self,
@@ -556,35 +583,8 @@ impl Extension for WasmExtension {
         txn: &'a mut Txn,
         applet: &'a mut HttpApplet,
     ) -> BoxFuture<'a, Result<(), ExtError>> {
-        Box::pin(async move {
-            let req = applet_request(applet);
-            let deadline = tokio::time::Instant::now() + self.settings.timeout;
-            let io = IoCtx::new(
-                &self.settings.allow_connect,
-                AppletSide::Http(applet),
-                deadline,
-            );
-            let owned = name.to_owned();
-            self.invoke(
-                Point::Service,
-                name,
-                On {
-                    txn: Some(txn),
-                    world: None,
-                    applet: Some(req),
-                },
-                io,
-                move |b, s, id| {
-                    Box::pin(async move {
-                        b.moonbox_ext_guest()
-                            .call_start_service(s, id, &owned)
-                            .await
-                    })
-                },
-            )
-            .await
-            .map(|_| ())
-        })
+        let req = applet_request(applet);
+        Box::pin(self.service(name, txn, AppletSide::Http(applet), Some(req)))
     }
 
     fn tcp_service<'a>(
@@ -593,34 +593,7 @@ impl Extension for WasmExtension {
         txn: &'a mut Txn,
         applet: &'a mut TcpApplet,
     ) -> BoxFuture<'a, Result<(), ExtError>> {
-        Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + self.settings.timeout;
-            let io = IoCtx::new(
-                &self.settings.allow_connect,
-                AppletSide::Tcp(applet),
-                deadline,
-            );
-            let owned = name.to_owned();
-            self.invoke(
-                Point::Service,
-                name,
-                On {
-                    txn: Some(txn),
-                    world: None,
-                    applet: None,
-                },
-                io,
-                move |b, s, id| {
-                    Box::pin(async move {
-                        b.moonbox_ext_guest()
-                            .call_start_service(s, id, &owned)
-                            .await
-                    })
-                },
-            )
-            .await
-            .map(|_| ())
-        })
+        Box::pin(self.service(name, txn, AppletSide::Tcp(applet), None))
     }
 
     fn task<'a>(&'a self, name: &'a str, ctx: TaskCtx) -> BoxFuture<'a, Result<(), ExtError>> {

@@ -735,6 +735,23 @@ fn primitives(lua: &Lua) -> mlua::Result<Table> {
     Ok(mb)
 }
 
+/// Calls a fetch or converter: it cannot wait, and it runs within
+/// `tune.lua.burst-timeout`.
+fn call_sample(
+    f: &Function,
+    burst: Duration,
+    argv: impl FnOnce() -> mlua::Result<Vec<Value>>,
+) -> Result<Option<Sample>, String> {
+    let _ = DEADLINE.replace(Some((Instant::now() + burst, burst)));
+    let r = argv().and_then(|argv| f.call::<Value>(MultiValue::from_vec(argv)));
+    DEADLINE.set(None);
+    match r {
+        Ok(v) => Ok(lua_to_sample(&v)),
+        Err(e) if is_core_done(&e) => Ok(None),
+        Err(e) => Err(describe(&e)),
+    }
+}
+
 fn futures_ready<T: 'static>(v: mlua::Result<T>) -> Pin<Box<dyn Future<Output = mlua::Result<T>>>> {
     Box::pin(std::future::ready(v))
 }
@@ -836,46 +853,25 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
             Reg::Fetch(name, f) => {
                 let (new_txn, setup, l) = (new_txn.clone(), setup.clone(), lua.clone());
                 ext.fetch(&name, move |_txn, args| {
-                    let _ = DEADLINE.replace(Some((
-                        Instant::now() + setup.burst_timeout,
-                        setup.burst_timeout,
-                    )));
-                    let r = (|| {
-                        let txn: Value = new_txn.call("fetch")?;
-                        let mut argv = vec![txn];
+                    call_sample(&f, setup.burst_timeout, || {
+                        let mut argv = vec![new_txn.call::<Value>("fetch")?];
                         for a in args {
                             argv.push(sample_to_lua(&l, a.clone())?);
                         }
-                        f.call::<Value>(MultiValue::from_vec(argv))
-                    })();
-                    DEADLINE.set(None);
-                    match r {
-                        Ok(v) => Ok(lua_to_sample(&v)),
-                        Err(e) if is_core_done(&e) => Ok(None),
-                        Err(e) => Err(describe(&e)),
-                    }
+                        Ok(argv)
+                    })
                 });
             }
             Reg::Converter(name, f) => {
                 let (setup, l) = (setup.clone(), lua.clone());
                 ext.converter(&name, move |_txn, input, args| {
-                    let _ = DEADLINE.replace(Some((
-                        Instant::now() + setup.burst_timeout,
-                        setup.burst_timeout,
-                    )));
-                    let r = (|| {
+                    call_sample(&f, setup.burst_timeout, || {
                         let mut argv = vec![sample_to_lua(&l, input)?];
                         for a in args {
                             argv.push(sample_to_lua(&l, a.clone())?);
                         }
-                        f.call::<Value>(MultiValue::from_vec(argv))
-                    })();
-                    DEADLINE.set(None);
-                    match r {
-                        Ok(v) => Ok(lua_to_sample(&v)),
-                        Err(e) if is_core_done(&e) => Ok(None),
-                        Err(e) => Err(describe(&e)),
-                    }
+                        Ok(argv)
+                    })
                 });
             }
             Reg::Action(name, facs, nargs, f) => {
