@@ -31,7 +31,8 @@ end
 
 function core.register_fetches(name, fn)
     need_body("register_fetches")
-    mb.register("fetch", name, fn)
+    -- The TXN object is made inside the call, saving a call from the host.
+    mb.register("fetch", name, function(...) return fn(mb.new_txn("fetch"), ...) end)
 end
 
 function core.register_converters(name, fn)
@@ -41,7 +42,8 @@ end
 
 function core.register_action(name, actions, fn, nargs)
     need_body("register_action")
-    mb.register("action", name, fn, actions, nargs or 0)
+    mb.register("action", name, function(...) return fn(mb.new_txn("action"), ...) end,
+        actions, nargs or 0)
 end
 
 function core.register_service(name, mode, fn)

@@ -837,11 +837,6 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
     LOADING.set(false);
     loaded?;
 
-    let new_txn: Function = lua
-        .globals()
-        .get::<Table>("__mb")
-        .and_then(|t| t.get("new_txn"))
-        .map_err(|e| e.to_string())?;
     let new_applet: Function = lua
         .globals()
         .get::<Table>("__mb")
@@ -851,10 +846,10 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
     for reg in REGS.with(|r| std::mem::take(&mut *r.borrow_mut())) {
         match reg {
             Reg::Fetch(name, f) => {
-                let (new_txn, setup, l) = (new_txn.clone(), setup.clone(), lua.clone());
+                let (setup, l) = (setup.clone(), lua.clone());
                 ext.fetch(&name, move |_txn, args| {
                     call_sample(&f, setup.burst_timeout, || {
-                        let mut argv = vec![new_txn.call::<Value>("fetch")?];
+                        let mut argv = Vec::with_capacity(args.len());
                         for a in args {
                             argv.push(sample_to_lua(&l, a.clone())?);
                         }
@@ -875,13 +870,12 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
                 });
             }
             Reg::Action(name, facs, nargs, f) => {
-                let (new_txn, setup, l) = (new_txn.clone(), setup.clone(), lua.clone());
+                let (setup, l) = (setup.clone(), lua.clone());
                 ext.action(&name, &facs, nargs, move |_txn, args| {
-                    let (f, new_txn, lua) = (f.clone(), new_txn.clone(), l.clone());
+                    let (f, lua) = (f.clone(), l.clone());
                     limited(setup.session_timeout, async move {
                         let r = async {
-                            let txn: Value = new_txn.call("action")?;
-                            let mut argv = vec![txn];
+                            let mut argv = Vec::with_capacity(args.len());
                             for a in &args {
                                 argv.push(Value::String(lua.create_string(a)?));
                             }
