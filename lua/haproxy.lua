@@ -48,7 +48,13 @@ end
 
 function core.register_service(name, mode, fn)
     need_body("register_service")
-    mb.register("service", name, fn, mode)
+    -- The applet is made, and an unstarted response started, inside the
+    -- call.
+    mb.register("service", name, function(req)
+        local applet = mb.new_applet(mode, req)
+        fn(applet)
+        mb.applet_finish(applet)
+    end, mode)
 end
 
 function core.register_init(fn)

@@ -752,6 +752,15 @@ fn call_sample(
     }
 }
 
+/// The outcome of a service: `txn:done()` and `core.done()` end it well.
+fn service_end(r: mlua::Result<()>) -> Result<(), String> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if is_done(&e) || is_core_done(&e) => Ok(()),
+        Err(e) => Err(describe(&e)),
+    }
+}
+
 fn futures_ready<T: 'static>(v: mlua::Result<T>) -> Pin<Box<dyn Future<Output = mlua::Result<T>>>> {
     Box::pin(std::future::ready(v))
 }
@@ -837,11 +846,6 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
     LOADING.set(false);
     loaded?;
 
-    let new_applet: Function = lua
-        .globals()
-        .get::<Table>("__mb")
-        .and_then(|t| t.get("new_applet"))
-        .map_err(|e| e.to_string())?;
     let setup = Rc::new(setup);
     for reg in REGS.with(|r| std::mem::take(&mut *r.borrow_mut())) {
         match reg {
@@ -892,9 +896,9 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
                 });
             }
             Reg::Service(name, true, f) => {
-                let (new_applet, setup, l) = (new_applet.clone(), setup.clone(), lua.clone());
+                let (setup, l) = (setup.clone(), lua.clone());
                 ext.http_service(&name, move |_txn, applet| {
-                    let (f, new_applet, lua) = (f.clone(), new_applet.clone(), l.clone());
+                    let (f, lua) = (f.clone(), l.clone());
                     limited(setup.service_timeout, async move {
                         let r = async {
                             let req = lua.create_table()?;
@@ -911,37 +915,20 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
                                 hs.raw_set(i + 1, pair)?;
                             }
                             req.set("headers", hs)?;
-                            let a: Value = new_applet.call(("http", req))?;
-                            f.call_async::<Value>(a.clone()).await?;
-                            // A service that never started its response.
-                            let finish: Function =
-                                lua.globals().get::<Table>("__mb")?.get("applet_finish")?;
-                            finish.call_async::<()>(a).await
+                            f.call_async::<()>(req).await
                         }
                         .await;
-                        match r {
-                            Ok(()) => Ok(()),
-                            Err(e) if is_done(&e) || is_core_done(&e) => Ok(()),
-                            Err(e) => Err(describe(&e)),
-                        }
+                        service_end(r)
                     })
                 });
             }
             Reg::Service(name, false, f) => {
-                let (new_applet, setup, l) = (new_applet.clone(), setup.clone(), lua.clone());
+                let (setup, l) = (setup.clone(), lua.clone());
                 ext.tcp_service(&name, move |_txn, _applet| {
-                    let (f, new_applet, lua) = (f.clone(), new_applet.clone(), l.clone());
+                    let (f, lua) = (f.clone(), l.clone());
                     limited(setup.service_timeout, async move {
-                        let r = async {
-                            let a: Value = new_applet.call(("tcp", lua.create_table()?))?;
-                            f.call_async::<Value>(a).await
-                        }
-                        .await;
-                        match r {
-                            Ok(_) => Ok(()),
-                            Err(e) if is_done(&e) || is_core_done(&e) => Ok(()),
-                            Err(e) => Err(describe(&e)),
-                        }
+                        let r = async { f.call_async::<()>(lua.create_table()?).await }.await;
+                        service_end(r)
                     })
                 });
             }
