@@ -95,6 +95,32 @@ pub struct Txn {
 
 impl Txn {
     pub fn new(world: Arc<World>, sess: Arc<Session>, frontend: Arc<ProxyRt>, id: u64) -> Txn {
+        Txn::empty(world, sess, frontend, id, Instant::now(), SystemTime::now())
+    }
+
+    /// An empty transaction of the same session, to stand in while this one
+    /// is lent to an extension's store for one call. It allocates nothing.
+    pub fn placeholder(&self) -> Txn {
+        let mut t = Txn::empty(
+            Arc::clone(&self.world),
+            Arc::clone(&self.sess),
+            Arc::clone(&self.frontend),
+            self.id,
+            self.started,
+            self.started_at,
+        );
+        t.phase = self.phase;
+        t
+    }
+
+    fn empty(
+        world: Arc<World>,
+        sess: Arc<Session>,
+        frontend: Arc<ProxyRt>,
+        id: u64,
+        started: Instant,
+        started_at: SystemTime,
+    ) -> Txn {
         Txn {
             world,
             sess,
@@ -113,36 +139,9 @@ impl Txn {
             reply: None,
             done: false,
             service: None,
-            started: Instant::now(),
-            started_at: SystemTime::now(),
+            started,
+            started_at,
             id,
-        }
-    }
-
-    /// An empty transaction of the same session, to stand in while this one
-    /// is lent to an extension's store for one call. It allocates nothing.
-    pub fn placeholder(&self) -> Txn {
-        Txn {
-            world: Arc::clone(&self.world),
-            sess: Arc::clone(&self.sess),
-            frontend: Arc::clone(&self.frontend),
-            backend: None,
-            server: None,
-            phase: self.phase,
-            vars_txn: Vars::default(),
-            vars_req: Vars::default(),
-            vars_res: Vars::default(),
-            req: None,
-            req_body: None,
-            res: None,
-            payload: Bytes::new(),
-            privs: HashMap::new(),
-            reply: None,
-            done: false,
-            service: None,
-            started: self.started,
-            started_at: self.started_at,
-            id: self.id,
         }
     }
 

@@ -72,20 +72,17 @@ impl ConvDef {
 
     /// Parses and checks arguments given as text.
     pub fn parse_args(&self, raw: &[String], env: ArgEnv<'_>) -> Result<Vec<Arg>, String> {
-        let mut args = parse_args(
+        let (name, usage) = (self.name, self.usage);
+        parse_args(
             "converter",
-            self.name,
-            self.usage,
+            name,
+            usage,
             self.args,
             self.min_args,
+            self.check,
             raw,
             env,
-        )?;
-        if let Some(check) = self.check {
-            check(&mut args)
-                .map_err(|e| format!("converter '{}': {e}; usage: {}", self.name, self.usage))?;
-        }
-        Ok(args)
+        )
     }
 
     /// Casts the input to the converter's type and runs it.

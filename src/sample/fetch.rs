@@ -104,8 +104,27 @@ impl ArgEnv<'_> {
 }
 
 /// Parses the raw text arguments of `what` (`fetch`/`converter`) `name`
-/// against `kinds`, of which the first `min` are mandatory.
+/// against `kinds`, of which the first `min` are mandatory, then runs the
+/// definition's own `check`.
+#[allow(clippy::too_many_arguments)]
 pub fn parse_args(
+    what: &str,
+    name: &str,
+    usage: &str,
+    kinds: &[ArgKind],
+    min: usize,
+    check: Option<CheckFn>,
+    raw: &[String],
+    env: ArgEnv<'_>,
+) -> Result<Vec<Arg>, String> {
+    let mut args = parse_raw_args(what, name, usage, kinds, min, raw, env)?;
+    if let Some(check) = check {
+        check(&mut args).map_err(|e| format!("{what} '{name}': {e}; usage: {usage}"))?;
+    }
+    Ok(args)
+}
+
+fn parse_raw_args(
     what: &str,
     name: &str,
     usage: &str,
@@ -242,20 +261,17 @@ impl FetchDef {
 
     /// Parses and checks arguments given as text.
     pub fn parse_args(&self, raw: &[String], env: ArgEnv<'_>) -> Result<Vec<Arg>, String> {
-        let mut args = parse_args(
+        let (name, usage) = (self.name, self.usage);
+        parse_args(
             "fetch",
-            self.name,
-            self.usage,
+            name,
+            usage,
             self.args,
             self.min_args,
+            self.check,
             raw,
             env,
-        )?;
-        if let Some(check) = self.check {
-            check(&mut args)
-                .map_err(|e| format!("fetch '{}': {e}; usage: {}", self.name, self.usage))?;
-        }
-        Ok(args)
+        )
     }
 }
 

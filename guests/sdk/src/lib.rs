@@ -737,16 +737,8 @@ impl Registrar {
         F: Fn(Txn, HttpApplet) -> Fut + 'static,
         Fut: Future<Output = Result<(), String>> + 'static,
     {
-        self.regs
-            .push(wit::Registration::Service(wit::ServiceRegistration {
-                name: name.to_string(),
-                mode: wit::ServiceMode::Http,
-            }));
-        self.services.insert(
-            name.to_string(),
-            Service::Http(Box::new(move |t, a| Box::pin(f(t, a)))),
-        );
-        self
+        let f = Service::Http(Box::new(move |t, a| Box::pin(f(t, a))));
+        self.service(name, wit::ServiceMode::Http, f)
     }
 
     /// A TCP service (`tcp-request content use-service NS.NAME`).
@@ -755,15 +747,17 @@ impl Registrar {
         F: Fn(Txn, TcpApplet) -> Fut + 'static,
         Fut: Future<Output = Result<(), String>> + 'static,
     {
+        let f = Service::Tcp(Box::new(move |t, a| Box::pin(f(t, a))));
+        self.service(name, wit::ServiceMode::Tcp, f)
+    }
+
+    fn service(&mut self, name: &str, mode: wit::ServiceMode, f: Service) -> &mut Self {
         self.regs
             .push(wit::Registration::Service(wit::ServiceRegistration {
                 name: name.to_string(),
-                mode: wit::ServiceMode::Tcp,
+                mode,
             }));
-        self.services.insert(
-            name.to_string(),
-            Service::Tcp(Box::new(move |t, a| Box::pin(f(t, a)))),
-        );
+        self.services.insert(name.to_string(), f);
         self
     }
 

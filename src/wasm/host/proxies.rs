@@ -1,11 +1,26 @@
 //! `moonbox:ext/proxies`: frontends, backends, servers and their stats.
 
-use crate::proxy::state::ServerState;
+use std::sync::Arc;
+
+use crate::proxy::state::{ServerRt, ServerState};
 use crate::wasm::bindings::moonbox::ext::proxies::{Host, ProxyInfo, ServerInfo};
 use crate::wasm::instance::Ctx;
 
 fn pairs(v: Vec<(&'static str, String)>) -> Vec<(String, String)> {
     v.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+impl Ctx {
+    /// A server of the running proxy, for administrative changes.
+    fn server(&self, proxy: &str, server: &str) -> Result<Arc<ServerRt>, String> {
+        let world = self.world.as_ref().ok_or("no proxies during init")?;
+        let p = world
+            .proxy(proxy)
+            .ok_or_else(|| format!("no proxy '{proxy}'"))?;
+        p.server(server)
+            .cloned()
+            .ok_or_else(|| format!("proxy '{proxy}' has no server '{server}'"))
+    }
 }
 
 impl Host for Ctx {
@@ -59,13 +74,7 @@ impl Host for Ctx {
         server: String,
         state: String,
     ) -> Result<(), String> {
-        let world = self.world.as_ref().ok_or("no proxies during init")?;
-        let p = world
-            .proxy(&proxy)
-            .ok_or_else(|| format!("no proxy '{proxy}'"))?;
-        let s = p
-            .server(&server)
-            .ok_or_else(|| format!("proxy '{proxy}' has no server '{server}'"))?;
+        let s = self.server(&proxy, &server)?;
         match state.as_str() {
             "maint" => {
                 s.set_state(ServerState::Maint);
@@ -93,13 +102,7 @@ impl Host for Ctx {
         server: String,
         weight: u32,
     ) -> Result<(), String> {
-        let world = self.world.as_ref().ok_or("no proxies during init")?;
-        let p = world
-            .proxy(&proxy)
-            .ok_or_else(|| format!("no proxy '{proxy}'"))?;
-        let s = p
-            .server(&server)
-            .ok_or_else(|| format!("proxy '{proxy}' has no server '{server}'"))?;
+        let s = self.server(&proxy, &server)?;
         if weight > 256 {
             return Err(format!("weight {weight} is out of range 0-256"));
         }
