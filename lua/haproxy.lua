@@ -11,7 +11,7 @@ local mb = __mb
 core = {
     emerg = 0, alert = 1, crit = 2, err = 3,
     warning = 4, notice = 5, info = 6, debug = 7,
-    thread = 1,
+    thread = mb.thread,
 }
 
 act = {
@@ -57,6 +57,14 @@ function core.register_service(name, mode, fn)
     end, mode)
 end
 
+-- moonbox has no stats socket: a CLI command is accepted and said to be
+-- unreachable, so that scripts that also add one still load.
+function core.register_cli(words, _usage, _fn)
+    need_body("core.register_cli")
+    local w = type(words) == "table" and table.concat(words, " ") or tostring(words)
+    mb.log(core.warning, "core.register_cli('" .. w .. "'): moonbox has no stats socket; the command is not available")
+end
+
 function core.register_init(fn)
     need_body("register_init")
     inits[#inits + 1] = fn
@@ -86,6 +94,12 @@ function core.Alert(msg) mb.log(core.alert, tostring(msg)) end
 function core.msleep(ms) mb.sleep_ms(math.floor(ms)) end
 function core.sleep(s) mb.sleep_ms(math.floor(s * 1000)) end
 function core.yield() mb.yield() end
+-- Nothing wakes a waiting task early here: core.wait(ms) sleeps, and
+-- without a delay gives the scheduler a turn.
+function core.wait(ms)
+    if ms == nil then mb.yield() else mb.sleep_ms(math.floor(ms)) end
+end
+function core.set_nice(_) end
 
 function core.now()
     local sec, usec = mb.now()
@@ -383,6 +397,21 @@ function Server:set_maint() mb.server_admin(self.proxy, self.name, "maint") end
 function Server:set_ready() mb.server_admin(self.proxy, self.name, "ready") end
 function Server:set_drain() mb.server_admin(self.proxy, self.name, "drain") end
 function Server:set_weight(w) mb.server_weight(self.proxy, self.name, tonumber(w)) end
+function Server:get_rid() return 0 end
+function Server:is_dynamic() return false end
+function Server:get_proxy() return core.proxies[self.proxy] end
+local function stat(s, col) return tonumber((s:get_stats() or {})[col]) or 0 end
+function Server:get_cur_sess() return stat(self, "scur") end
+function Server:get_pend_conn() return stat(self, "qcur") end
+function Server:get_maxconn() return stat(self, "slim") end
+function Server:set_maxconn(n) mb.server_maxconn(self.proxy, self.name, math.floor(tonumber(n))) end
+function Server:check_force_up() mb.server_admin(self.proxy, self.name, "up") end
+function Server:check_force_down() mb.server_admin(self.proxy, self.name, "down") end
+function Server:check_force_nolb() mb.server_admin(self.proxy, self.name, "drain") end
+Server.agent_force_up = Server.check_force_up
+Server.agent_force_down = Server.check_force_down
+function Server:tracking() return nil end
+function Server:get_trackers() return {} end
 
 local Proxy = {}
 Proxy.__index = Proxy
@@ -394,6 +423,16 @@ function Proxy:get_cap()
     if self.frontend and self.backend then return "frontend,backend" end
     return self.frontend and "frontend" or "backend"
 end
+local function count_servers(p, backup)
+    local n = 0
+    for _, s in pairs(p.servers) do
+        local st = s:get_stats().status or ""
+        if s.backup == backup and (st == "UP" or st == "no check") then n = n + 1 end
+    end
+    return n
+end
+function Proxy:get_srv_act() return count_servers(self, false) end
+function Proxy:get_srv_bck() return count_servers(self, true) end
 
 local function proxies(filter)
     local out = {}
@@ -405,6 +444,8 @@ local function proxies(filter)
                 servers[s.name] = setmetatable(s, Server)
             end
             p.servers = servers
+            -- moonbox has no stick tables nor listener objects yet.
+            p.listeners = {}
             out[p.name] = setmetatable(p, Proxy)
         end
     end
@@ -460,30 +501,30 @@ end
 
 local function rename_table(names)
     local t = {}
-    for _, n in ipairs(names) do t[(n:gsub("%.", "_"))] = n end
+    for _, n in ipairs(names) do t[(n:gsub("[%.%-%+]", "_"))] = n end
     return t
 end
 local fetch_names = rename_table(mb.fetch_names())
 local conv_names = rename_table(mb.converter_names())
 
+-- As in HAProxy, the functions are in the `__index` table of the object's
+-- metatable, where scripts may enumerate them.
 local function sample_class(names, call, stringify)
-    local class = {}
-    class.__index = function(_, key)
-        local name = names[key]
-        if name == nil then return nil end
-        local fn
+    local methods = {}
+    for key, name in pairs(names) do
         if stringify then
-            fn = function(_, ...)
+            methods[key] = function(_, ...)
                 local v = call(name, ...)
                 if v == nil then return "" end
+                -- A boolean sample reads "1" or "0" as a string.
+                if v == true then return "1" elseif v == false then return "0" end
                 return tostring(v)
             end
         else
-            fn = function(_, ...) return call(name, ...) end
+            methods[key] = function(_, ...) return call(name, ...) end
         end
-        return fn
     end
-    return setmetatable({}, class)
+    return setmetatable({}, { __index = methods })
 end
 
 local Fetches = sample_class(fetch_names, mb.fetch, false)
@@ -586,15 +627,131 @@ function TXN:reply(t)
     return r
 end
 function TXN:done(reply) mb.done(reply) end
+function TXN:deflog(msg) mb.log(core.info, tostring(msg)) end
+-- Per-transaction log levels, IP TOS and marks, and queue priorities are
+-- not applied by moonbox; scripts that set them go on.
 function TXN:set_loglevel(_) end
 function TXN:set_tos(_) end
 function TXN:set_mark(_) end
+TXN.set_fc_tos = TXN.set_tos
+TXN.set_fc_mark = TXN.set_mark
+function TXN:set_priority_class(_) end
+function TXN:set_priority_offset(_) end
 function TXN:get_headers() return header_table(mb.req_headers()) end
+
+---------------------------------------------------------------------------
+-- Channel (txn.req, txn.res): the bytes waiting in TCP mode. Offsets are
+-- 0-based, as in HAProxy; a length of -1 (the default) means all.
+
+local Channel = {}
+Channel.__index = Channel
+
+local function tcp_only(self, what)
+    if mb.is_http() then
+        error("Channel:" .. what .. "(): not allowed in HTTP mode", 3)
+    end
+    return mb.channel_data(self._res)
+end
+
+local function span(data, off, len)
+    off = math.max(0, math.floor(off or 0))
+    len = len or -1
+    local last = (len < 0) and #data or math.min(#data, off + math.floor(len))
+    return off, last
+end
+
+function Channel:data(off, len)
+    local data = tcp_only(self, "data")
+    if #data == 0 then return nil end
+    local first, last = span(data, off, len)
+    return data:sub(first + 1, last)
+end
+function Channel:line(off, len)
+    local data = tcp_only(self, "line")
+    if #data == 0 then return nil end
+    local first, last = span(data, off, len)
+    local chunk = data:sub(first + 1, last)
+    local nl = chunk:find("\n", 1, true)
+    return nl and chunk:sub(1, nl) or chunk
+end
+function Channel:set(str, off, len)
+    local data = tcp_only(self, "set")
+    str = tostring(str)
+    local first, last = span(data, off, len)
+    mb.channel_set(self._res, data:sub(1, first) .. str .. data:sub(last + 1))
+    return #str
+end
+function Channel:remove(off, len)
+    local data = tcp_only(self, "remove")
+    local first, last = span(data, off, len)
+    mb.channel_set(self._res, data:sub(1, first) .. data:sub(last + 1))
+    return last - first
+end
+function Channel:append(str)
+    local data = tcp_only(self, "append")
+    str = tostring(str)
+    mb.channel_set(self._res, data .. str)
+    return #str
+end
+function Channel:prepend(str)
+    local data = tcp_only(self, "prepend")
+    str = tostring(str)
+    mb.channel_set(self._res, str .. data)
+    return #str
+end
+function Channel:insert(str, off)
+    local data = tcp_only(self, "insert")
+    str = tostring(str)
+    local first = span(data, off, 0)
+    mb.channel_set(self._res, data:sub(1, first) .. str .. data:sub(first + 1))
+    return #str
+end
+function Channel:send(str)
+    tcp_only(self, "send")
+    str = tostring(str)
+    mb.channel_send(self._res, str)
+    return #str
+end
+-- Forwarding sends the first bytes on at once, ahead of the rest.
+function Channel:forward(n)
+    local data = tcp_only(self, "forward")
+    n = math.min(#data, math.max(0, math.floor(n or #data)))
+    mb.channel_send(self._res, data:sub(1, n))
+    mb.channel_set(self._res, data:sub(n + 1))
+    return n
+end
+function Channel:input()
+    if mb.is_http() then return 0 end
+    return #mb.channel_data(self._res)
+end
+function Channel:output() return 0 end
+-- Rules run on what has arrived; the channel does not wait for more.
+function Channel:may_recv() return false end
+function Channel:is_full() return false end
+function Channel:is_resp() return self._res end
+-- Deprecated names.
+Channel.dup = Channel.data
+function Channel:get()
+    local d = self:data()
+    if d then self:remove() end
+    return d
+end
+function Channel:getline()
+    local l = self:line()
+    if l then self:remove(0, #l) end
+    return l
+end
+Channel.get_in_len = Channel.input
+Channel.get_out_len = Channel.output
+
+local ReqChannel = setmetatable({ _res = false }, Channel)
+local ResChannel = setmetatable({ _res = true }, Channel)
 
 function mb.new_txn(_kind)
     return setmetatable({
         f = Fetches, sf = SFetches, c = Converters, sc = SConverters,
-        http = setmetatable({}, HTTP),
+        http = mb.is_http() and setmetatable({}, HTTP) or nil,
+        req = ReqChannel, res = ResChannel,
     }, TXN)
 end
 
@@ -629,9 +786,21 @@ AppletHTTP.set_priv = TXN.set_priv
 
 local AppletTCP = {}
 AppletTCP.__index = AppletTCP
-function AppletTCP:receive(size)
-    if size == nil then return mb.applet_receive("all") or "" end
-    return mb.applet_receive("count", size) or ""
+-- nil on timeout, "" once the client closed.
+function AppletTCP:receive(size, timeout)
+    if timeout ~= nil then timeout = math.max(0, math.floor(timeout)) end
+    local data
+    if size == nil or size < 0 then
+        data = mb.applet_receive("all", nil, timeout)
+    else
+        data = mb.applet_receive("count", size, timeout)
+    end
+    return data
+end
+function AppletTCP:try_receive()
+    local data = mb.applet_receive("all", nil, 0)
+    if data == "" then return nil end
+    return data
 end
 function AppletTCP:getline() return mb.applet_receive("line") or "" end
 function AppletTCP:send(data) mb.applet_send(tostring(data)) end
@@ -672,20 +841,31 @@ function Socket:settimeout(t, _mode)
     return 1
 end
 
-function Socket:connect(host, port)
+-- Connects, with TLS when `tls` is given ({ name =, verify = }).
+local function open(self, host, port, tls)
     if port == nil then
-        host, port = host:match("^(.*):(%d+)$")
+        host, port = tostring(host):match("^(.*):(%d+)$")
         if host == nil then return nil, "invalid address" end
     end
+    host = tostring(host):gsub("^ipv[46]@", "")
     if host == "localhost" then host = "127.0.0.1" end
     local addr = host:find(":", 1, true) and ("[" .. host .. "]:" .. port) or (host .. ":" .. port)
     self.peer = addr
-    return mb.connect(self.id, addr, self.timeout)
+    local ok, local_addr
+    if tls then
+        ok, local_addr = mb.connect(self.id, addr, self.timeout, true, tls.name, tls.verify)
+    else
+        ok, local_addr = mb.connect(self.id, addr, self.timeout, false, nil, false)
+    end
+    if not ok then return nil, local_addr end
+    self.sockname = local_addr
+    return 1
 end
 
-function Socket:connect_ssl(_host, _port)
-    return nil, "TLS sockets are not available"
-end
+function Socket:connect(host, port) return open(self, host, port, nil) end
+
+-- As in HAProxy, the server's certificate is not verified.
+function Socket:connect_ssl(host, port) return open(self, host, port, { verify = false }) end
 
 function Socket:send(data, i, j)
     data = tostring(data)
@@ -713,7 +893,9 @@ function Socket:close() return mb.close(self.id) end
 
 ---------------------------------------------------------------------------
 -- HTTP client (core.httpclient): HTTP/1.1 over core.tcp(), one request per
--- connection. `http://` only.
+-- connection, over TLS for https:// (certificates verified unless
+-- `httpclient.ssl.verify none`). No DNS: the host is an IP address, or
+-- `dst` gives one.
 
 local HttpClient = {}
 HttpClient.__index = HttpClient
@@ -734,17 +916,28 @@ local function dechunk(body)
     return table.concat(out)
 end
 
+-- An answer with status 0 tells the script that the request failed.
+local function failed(why) return { status = 0, reason = why, headers = {}, body = "" } end
+
 function HttpClient:request(method, t)
     t = t or {}
     local url = t.url or ""
-    local host, port, path = url:match("^http://([^/:]+):?(%d*)(.*)$")
-    if not host then return nil, "invalid url '" .. url .. "', expected http://HOST[:PORT]/PATH" end
-    port = tonumber(port) or 80
+    local scheme, host, port, path = url:match("^(https?)://([^/:]+):?(%d*)(.*)$")
+    if not host then return failed("invalid url '" .. url .. "', expected http[s]://HOST[:PORT]/PATH") end
+    local tls = scheme == "https"
+    port = tonumber(port) or (tls and 443 or 80)
     if path == "" then path = "/" end
     local sock = core.tcp()
     if t.timeout then sock:settimeout(t.timeout / 1000) end
-    local ok, err = sock:connect(host, port)
-    if not ok then return nil, err end
+    local dst = t.dst
+    local ok, err
+    if tls then
+        local name = (not host:match("^[%d.]+$") and not host:find(":", 1, true)) and host or nil
+        ok, err = open(sock, dst or host, dst == nil and port or nil, { name = name, verify = mb.httpclient_verify })
+    else
+        ok, err = open(sock, dst or host, dst == nil and port or nil, nil)
+    end
+    if not ok then return failed(err) end
     local lines = { method .. " " .. path .. " HTTP/1.1", "host: " .. host .. ":" .. port, "connection: close" }
     local body = t.body or ""
     for name, values in pairs(t.headers or {}) do
@@ -756,7 +949,7 @@ function HttpClient:request(method, t)
     end
     sock:send(table.concat(lines, "\r\n") .. "\r\n\r\n" .. body)
     local status_line, rerr = sock:receive("*l")
-    if not status_line then sock:close(); return nil, rerr end
+    if not status_line then sock:close(); return failed(rerr) end
     local status, reason = status_line:match("^HTTP/%d%.%d (%d+) ?(.*)$")
     local res = { status = tonumber(status), reason = reason, headers = {}, body = "" }
     while true do
@@ -790,5 +983,9 @@ function Socket:getpeername()
     local h, p = self.peer:match("^%[?(.-)%]?:(%d+)$")
     return h, tonumber(p)
 end
-function Socket:getsockname() return nil, "not available" end
+function Socket:getsockname()
+    if not self.sockname then return nil end
+    local h, p = self.sockname:match("^%[?(.-)%]?:(%d+)$")
+    return h, tonumber(p)
+end
 function Socket:setoption() return 1 end

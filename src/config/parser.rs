@@ -461,7 +461,7 @@ fn global_directive(
             ));
         }
         "ext-load" => g.ext_loads.push(parse_ext_load(base_dir, loc, w)?),
-        _ if kw.starts_with("tune.") => {
+        _ if kw.starts_with("tune.") || kw == "httpclient.ssl.verify" => {
             let v = w.get(1).ok_or_else(|| format!("'{kw}' expects a value"))?;
             check_tune(kw, v)?;
             g.tune.push((kw.to_string(), v.clone(), loc.clone()));
@@ -489,6 +489,14 @@ fn check_tune(kw: &str, v: &str) -> Result<(), String> {
         | "tune.lua.task-timeout"
         | "tune.lua.burst-timeout" => {
             parse_time(v).map_err(|e| format!("'{kw}': {e}"))?;
+        }
+        "tune.lua.bool-sample-conversion" if v != "normal" && v != "pre-3.1-bug" => {
+            return Err(format!(
+                "'{kw}' expects 'normal' or 'pre-3.1-bug', got '{v}'"
+            ));
+        }
+        "httpclient.ssl.verify" if v != "none" && v != "required" => {
+            return Err(format!("'{kw}' expects 'none' or 'required', got '{v}'"));
         }
         _ => {}
     }

@@ -232,8 +232,23 @@ impl TcpApplet {
         Ok(true)
     }
 
+    /// Reads what the socket holds now, without waiting.
+    fn fill_now(&mut self) -> Result<(), AppletError> {
+        if self.closed {
+            return Ok(());
+        }
+        let mut buf = [0u8; 16 * 1024];
+        match self.stream.try_read(&mut buf) {
+            Ok(0) => self.closed = true,
+            Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(AppletError::Io(e.to_string())),
+        }
+        Ok(())
+    }
+
     /// Reads up to `size` bytes (all until close when `None`). With a
-    /// timeout, returns `None` if nothing came in time.
+    /// timeout, returns what came in time, or `None` if nothing did.
     pub async fn receive(
         &mut self,
         size: Option<usize>,
@@ -251,6 +266,9 @@ impl TcpApplet {
             let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
             if left == Some(Duration::ZERO) {
                 if self.pending.is_empty() {
+                    self.fill_now()?;
+                }
+                if self.pending.is_empty() && !self.closed {
                     return Ok(None);
                 }
                 break;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -21,23 +21,34 @@ pub async fn serve(mut txn: Txn, mut client: TcpStream) {
     let fe = txn.frontend.clone();
     let mut info = LogInfo::new();
     txn.phase = Phase::Request;
-    let mut buf = BytesMut::new();
+    // What the content rules leave to forward: the inspected bytes, as
+    // they may have rewritten them.
+    let mut pending = Bytes::new();
 
     if !fe.config.tcp_request_content.is_empty() {
         if let Some(delay) = fe.config.inspect_delay {
             // Wait for the first data (or the delay) so that rules see it.
             let mut chunk = vec![0u8; 16 * 1024];
             if let Ok(Ok(n)) = tokio::time::timeout(delay, client.read(&mut chunk)).await {
-                buf.extend_from_slice(&chunk[..n]);
+                chunk.truncate(n);
+                txn.payload = Bytes::from(chunk);
             }
-            txn.payload = Bytes::copy_from_slice(&buf);
         }
-        match rules::run(&fe.config.tcp_request_content, Facility::TcpReq, &mut txn).await {
+        let flow = rules::run(&fe.config.tcp_request_content, Facility::TcpReq, &mut txn).await;
+        let to_client = std::mem::take(&mut txn.to_client);
+        if !to_client.is_empty() && client.write_all(&to_client).await.is_err() {
+            info.term = *b"CD--";
+            log(&txn, info);
+            return;
+        }
+        // `use_backend` rules still read it (`req.payload`).
+        pending = txn.payload.clone();
+        match flow {
             Flow::Next => {}
             Flow::Service(svc) => {
                 info.backend = Some(fe.name.clone());
                 info.server = Some(format!("<{}>", svc.full));
-                let mut applet = TcpApplet::new(client, buf.freeze());
+                let mut applet = TcpApplet::new(client, pending);
                 if let Err(e) = svc.ext.tcp_service(&svc.name, &mut txn, &mut applet).await {
                     tracing::warn!("service '{}' failed: {e}", svc.full);
                 }
@@ -97,7 +108,10 @@ pub async fn serve(mut txn: Txn, mut client: TcpStream) {
     };
     let _ = server.set_nodelay(true);
     info.t_connect = Some(t0.elapsed());
-    if !buf.is_empty() && server.write_all(&buf).await.is_err() {
+    let to_server = std::mem::take(&mut txn.to_server);
+    if (!to_server.is_empty() && server.write_all(&to_server).await.is_err())
+        || (!pending.is_empty() && server.write_all(&pending).await.is_err())
+    {
         info.term = *b"SD--";
         log(&txn, info);
         return;
@@ -159,13 +173,23 @@ async fn pipe(
                         first_response = false;
                         txn.phase = Phase::Response;
                         txn.payload = Bytes::copy_from_slice(&sbuf[..n]);
-                        match rules::run(&be.config.tcp_response_content, Facility::TcpRes, txn).await {
-                            Flow::Next => {}
-                            _ => return (*b"PD--", up, down),
+                        let flow = rules::run(&be.config.tcp_response_content, Facility::TcpRes, txn).await;
+                        // What the rules sent and left, in place of what came.
+                        let mut out = std::mem::take(&mut txn.to_client);
+                        out.extend_from_slice(&std::mem::take(&mut txn.payload));
+                        let to_server = std::mem::take(&mut txn.to_server);
+                        if !to_server.is_empty() && sw.write_all(&to_server).await.is_err() {
+                            return (*b"SD--", up, down);
                         }
+                        down += out.len() as u64;
+                        if cw.write_all(&out).await.is_err() { return (*b"CD--", up, down); }
+                        if !matches!(flow, Flow::Next) {
+                            return (*b"PD--", up, down);
+                        }
+                    } else {
+                        down += n as u64;
+                        if cw.write_all(&sbuf[..n]).await.is_err() { return (*b"CD--", up, down); }
                     }
-                    down += n as u64;
-                    if cw.write_all(&sbuf[..n]).await.is_err() { return (*b"CD--", up, down); }
                 }
             },
             _ = tokio::time::sleep(idle) => {

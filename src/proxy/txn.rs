@@ -77,8 +77,14 @@ pub struct Txn {
     pub req_body: Option<Bytes>,
     /// The response head (HTTP mode), once known.
     pub res: Option<http::response::Parts>,
-    /// Bytes received from the client so far in TCP mode (`req.payload`).
+    /// In TCP mode, the bytes waiting in the channel being analysed: from
+    /// the client during request rules (`req.payload`), from the server
+    /// during response rules. Rules may rewrite them (`Channel:set`).
     pub payload: Bytes,
+    /// Bytes to send to the client, then the server, ahead of `payload`
+    /// (`Channel:send` in TCP mode).
+    pub to_client: Vec<u8>,
+    pub to_server: Vec<u8>,
     /// Per-extension private data (`txn:set_priv`), keyed by namespace.
     pub privs: HashMap<String, Box<dyn Any + Send + Sync>>,
     /// A reply that ends the transaction here (`txn:done`, `return`).
@@ -135,6 +141,8 @@ impl Txn {
             req_body: None,
             res: None,
             payload: Bytes::new(),
+            to_client: Vec::new(),
+            to_server: Vec::new(),
             privs: HashMap::new(),
             reply: None,
             done: false,

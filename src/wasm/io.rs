@@ -6,13 +6,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::{Arc, OnceLock};
+
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
 
 use super::bindings::types::{
     AppletHead, ConnectRequest, Io, IoError, IoErrorKind, IoResult, ReceivePattern, ReceiveRequest,
+    TlsOptions,
 };
 use crate::ext::{HttpApplet, TcpApplet};
 
@@ -64,8 +69,12 @@ pub enum AppletSide<'a> {
     Tcp(&'a mut TcpApplet),
 }
 
+/// A connected socket's byte stream: plain TCP or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 struct Sock {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buf: BytesMut,
     eof: bool,
 }
@@ -168,25 +177,34 @@ impl<'a> IoCtx<'a> {
         if self.sockets.len() >= MAX_SOCKETS && !self.sockets.contains_key(&c.socket) {
             return fail(IoErrorKind::Other, "too many open sockets");
         }
-        match tokio::time::timeout_at(self.until(c.timeout_ms), TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                self.sockets.insert(
-                    c.socket,
-                    Sock {
-                        stream,
-                        buf: BytesMut::new(),
-                        eof: false,
-                    },
-                );
-                IoResult::Ok
-            }
+        let until = self.until(c.timeout_ms);
+        let tcp = match tokio::time::timeout_at(until, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                fail(IoErrorKind::Refused, "connection refused")
+                return fail(IoErrorKind::Refused, "connection refused");
             }
-            Ok(Err(e)) => fail(IoErrorKind::Other, e.to_string()),
-            Err(_) => fail(IoErrorKind::Timeout, "timeout"),
-        }
+            Ok(Err(e)) => return fail(IoErrorKind::Other, e.to_string()),
+            Err(_) => return fail(IoErrorKind::Timeout, "timeout"),
+        };
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let stream: Box<dyn Stream> = match c.tls {
+            None => Box::new(tcp),
+            Some(tls) => match tokio::time::timeout_at(until, handshake(tcp, &addr, tls)).await {
+                Ok(Ok(s)) => Box::new(s),
+                Ok(Err(e)) => return fail(IoErrorKind::Other, format!("TLS handshake: {e}")),
+                Err(_) => return fail(IoErrorKind::Timeout, "timeout"),
+            },
+        };
+        self.sockets.insert(
+            c.socket,
+            Sock {
+                stream,
+                buf: BytesMut::new(),
+                eof: false,
+            },
+        );
+        IoResult::Data(local.into_bytes())
     }
 
     async fn receive(&mut self, r: ReceiveRequest) -> IoResult {
@@ -265,21 +283,19 @@ impl<'a> IoCtx<'a> {
                 }
             }
             AppletSide::Tcp(a) => {
+                // The applet's own timeout returns what came in time.
+                let wait = timeout_ms.map(|_| until.saturating_duration_since(Instant::now()));
                 let fut = async {
                     match pattern {
-                        ReceivePattern::Line => a.getline().await,
-                        ReceivePattern::All => {
-                            a.receive(None, None).await.map(Option::unwrap_or_default)
-                        }
-                        ReceivePattern::Count(n) => a
-                            .receive(Some(n as usize), None)
-                            .await
-                            .map(Option::unwrap_or_default),
+                        ReceivePattern::Line => a.getline().await.map(Some),
+                        ReceivePattern::All => a.receive(None, wait).await,
+                        ReceivePattern::Count(n) => a.receive(Some(n as usize), wait).await,
                     }
                 };
-                match tokio::time::timeout_at(until, fut).await {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => return fail(IoErrorKind::Timeout, "timeout"),
+                match tokio::time::timeout_at(self.deadline, fut).await {
+                    Ok(Ok(Some(b))) => Ok(b),
+                    Ok(Ok(None)) | Err(_) => return fail(IoErrorKind::Timeout, "timeout"),
+                    Ok(Err(e)) => Err(e.to_string()),
                 }
             }
         };
@@ -327,5 +343,105 @@ impl<'a> IoCtx<'a> {
             Ok(()) => sent(n),
             Err(e) => fail(IoErrorKind::Closed, e.to_string()),
         }
+    }
+}
+
+/// Runs the TLS handshake of `connect_ssl`.
+async fn handshake(
+    tcp: TcpStream,
+    addr: &SocketAddr,
+    opts: TlsOptions,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = match &opts.server_name {
+        Some(n) => rustls::pki_types::ServerName::try_from(n.clone()).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("invalid server name '{n}'"),
+            )
+        })?,
+        None => rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+    };
+    TlsConnector::from(tls_config(opts.verify)?)
+        .connect(name, tcp)
+        .await
+}
+
+/// The two client configurations, made once: one verifies certificates
+/// against the Mozilla root store, one (HAProxy's `connect_ssl`) accepts
+/// any certificate but still checks the handshake's signatures.
+fn tls_config(verify: bool) -> std::io::Result<Arc<rustls::ClientConfig>> {
+    type Made = Result<Arc<rustls::ClientConfig>, String>;
+    static VERIFIED: OnceLock<Made> = OnceLock::new();
+    static UNVERIFIED: OnceLock<Made> = OnceLock::new();
+    let make = |verify: bool| -> Made {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let config = if verify {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth()
+        };
+        Ok(Arc::new(config))
+    };
+    let cell = if verify { &VERIFIED } else { &UNVERIFIED };
+    cell.get_or_init(|| make(verify))
+        .clone()
+        .map_err(std::io::Error::other)
+}
+
+/// Accepts any server certificate (HAProxy's Lua sockets do not verify).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -101,6 +101,12 @@ pub fn settings(g: &Global, workers: usize) -> anyhow::Result<Option<Settings>> 
         None => 0,
     };
     args.push(format!("maxmem={maxmem}"));
+    if let Some(v) = g.tune("tune.lua.bool-sample-conversion") {
+        args.push(format!("bool-sample-conversion={v}"));
+    }
+    if let Some(v) = g.tune("httpclient.ssl.verify") {
+        args.push(format!("httpclient-verify={v}"));
+    }
     let lua_memory = if maxmem == 0 {
         DEFAULT_LUA_MEMORY
     } else {
@@ -115,6 +121,12 @@ pub fn settings(g: &Global, workers: usize) -> anyhow::Result<Option<Settings>> 
     }
     let per_thread = g.lua_loads.iter().any(|l| l.per_thread);
     let soft = session.max(service).max(task).max(burst);
+    // `core.thread`: 0 in the shared state, 1..n per thread.
+    let thread_arg: fn(usize) -> String = if per_thread {
+        |slot| format!("thread={}", slot + 1)
+    } else {
+        |_| "thread=0".to_string()
+    };
     Ok(Some(Settings {
         namespace: "lua".into(),
         // The guest's instruction hook enforces HAProxy's timeouts; fuel
@@ -131,6 +143,9 @@ pub fn settings(g: &Global, workers: usize) -> anyhow::Result<Option<Settings>> 
         args,
         preopens,
         env,
+        slot_arg: Some(thread_arg),
+        // A task sees the globals that actions see, as in HAProxy.
+        tasks_share: true,
     }))
 }
 

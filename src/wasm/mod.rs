@@ -71,6 +71,12 @@ pub struct Settings {
     pub preopens: Vec<std::path::PathBuf>,
     /// The guest's environment (`os.getenv`).
     pub env: Vec<(String, String)>,
+    /// An init argument that differs by pooled instance, made from the
+    /// instance's position (the Lua guest's `core.thread`).
+    pub slot_arg: Option<fn(usize) -> String>,
+    /// Tasks run on the pooled instances, sharing their state, instead of
+    /// on an instance of their own (Lua: one state for all, as in HAProxy).
+    pub tasks_share: bool,
 }
 
 impl Settings {
@@ -98,6 +104,8 @@ impl Settings {
             per_call: timeout,
             preopens: Vec::new(),
             env: Vec::new(),
+            slot_arg: None,
+            tasks_share: false,
             memory,
             instances: l.instances.map_or(workers.max(1), |n| n.max(1) as usize),
             isolation: l.isolation,
@@ -168,13 +176,13 @@ impl WasmExtension {
             slots: Vec::new(),
             next: AtomicUsize::new(0),
         };
-        let (first, regs) = ext.instantiate()?;
+        let (first, regs) = ext.instantiate(0)?;
         ext.regs = regs;
         let first = Arc::new(first);
         ext.slots.push(Mutex::new(first));
         if ext.settings.isolation == Isolation::Pooled {
-            for _ in 1..ext.settings.instances {
-                let (inst, _) = ext.instantiate()?;
+            for slot in 1..ext.settings.instances {
+                let (inst, _) = ext.instantiate(slot)?;
                 ext.slots.push(Mutex::new(Arc::new(inst)));
             }
         }
@@ -190,8 +198,9 @@ impl WasmExtension {
         }
     }
 
-    /// A new instance, initialised with the extension's arguments.
-    fn instantiate(&self) -> anyhow::Result<(Inst, Vec<Registration>)> {
+    /// A new instance, initialised with the extension's arguments; `slot`
+    /// is its place in the pool.
+    fn instantiate(&self, slot: usize) -> anyhow::Result<(Inst, Vec<Registration>)> {
         let inst = instance::drive_ready(Inst::new(
             &self.rt.engine,
             &self.pre,
@@ -200,7 +209,8 @@ impl WasmExtension {
         ))
         .ok_or_else(|| anyhow::anyhow!("instantiation blocked in WASI"))?
         .context("cannot instantiate")?;
-        let args = self.settings.args.clone();
+        let mut args = self.settings.args.clone();
+        args.extend(self.settings.slot_arg.map(|f| f(slot)));
         let called = inst.call(
             Point::Init,
             None,
@@ -223,9 +233,9 @@ impl WasmExtension {
     /// own, so that a fault in a request never stops a task, nor the
     /// reverse.
     fn pick(&self, point: Point, txn: Option<&mut Txn>) -> Result<(Arc<Inst>, Source), ExtError> {
-        if point == Point::Task {
+        if point == Point::Task && !self.settings.tasks_share {
             let (fresh, _) = self
-                .instantiate()
+                .instantiate(0)
                 .map_err(|e| ExtError::Trap(format!("cannot create an instance: {e:#}")))?;
             return Ok((Arc::new(fresh), Source::Fresh));
         }
@@ -234,7 +244,7 @@ impl WasmExtension {
                 let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
                 let mut slot = self.slots[i].lock();
                 if slot.dead().is_some() {
-                    let (fresh, _) = self.instantiate().map_err(|e| {
+                    let (fresh, _) = self.instantiate(i).map_err(|e| {
                         ExtError::Trap(format!("cannot replace a failed instance: {e:#}"))
                     })?;
                     *slot = Arc::new(fresh);
@@ -252,7 +262,7 @@ impl WasmExtension {
                     return Ok((Arc::clone(i), Source::Txn));
                 }
                 let (fresh, _) = self
-                    .instantiate()
+                    .instantiate(0)
                     .map_err(|e| ExtError::Trap(format!("cannot create an instance: {e:#}")))?;
                 let fresh = Arc::new(fresh);
                 txn.privs.insert(key, Box::new(Arc::clone(&fresh)));
@@ -260,7 +270,7 @@ impl WasmExtension {
             }
             (Isolation::PerRequest, None) => {
                 let (fresh, _) = self
-                    .instantiate()
+                    .instantiate(0)
                     .map_err(|e| ExtError::Trap(format!("cannot create an instance: {e:#}")))?;
                 Ok((Arc::new(fresh), Source::Fresh))
             }

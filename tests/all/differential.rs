@@ -205,3 +205,66 @@ end, 0)
     assert_eq!(m.body, "method=GET path=/svc/x qs=a=1&b=2 agent=tester/1\n");
     Ok(())
 }
+
+#[tokio::test]
+async fn sample_conversions_behave_as_in_haproxy() -> Result<()> {
+    // The conversion rules scripts depend on: what a Lua value becomes as a
+    // sample, what a boolean sample becomes in Lua, and what `txn.sf` and
+    // `txn.f` give for a sample that is missing.
+    let script = r#"
+core.register_fetches("gives_nil", function(txn) return nil end)
+core.register_fetches("gives_nothing", function(txn) return end)
+core.register_fetches("gives_table", function(txn) return {} end)
+core.register_fetches("gives_true", function(txn) return true end)
+core.register_fetches("gives_float", function(txn) return 2.0 end)
+
+core.register_action("types", { "http-req" }, function(txn)
+    local b = txn.f:bool("1")
+    txn.http:req_set_header("X-Bool-Type", type(b) .. ":" .. tostring(b))
+    txn.http:req_set_header("X-Sf-Bool", txn.sf:bool("0"))
+    txn.http:req_set_header("X-Var-Type", type(txn:get_var("txn.flag")))
+    txn.http:req_set_header("X-Missing-F", tostring(txn.f:req_hdr("x-nope")))
+    txn.http:req_set_header("X-Int-Type", math.type(txn.f:int(7)))
+    txn:set_var("txn.from_nil", nil)
+    txn.http:req_set_header("X-Headers-Base", tostring(txn.http:req_get_headers()["x-two"][1]))
+end, 0)
+"#;
+    let rules = "    http-request set-var(txn.flag) bool(1)\n\
+    http-request lua.types\n\
+    http-request set-header X-Nil %[lua.gives_nil]\n\
+    http-request set-header X-Nothing %[lua.gives_nothing]\n\
+    http-request set-header X-Table %[lua.gives_table]\n\
+    http-request set-header X-True %[lua.gives_true]\n\
+    http-request set-header X-Float %[lua.gives_float]\n\
+    http-request set-header X-From-Nil %[var(txn.from_nil)]\n";
+    let pairs = both(
+        script,
+        rules,
+        &[("/", &[("x-two", "first"), ("x-two", "second")])],
+    )
+    .await?;
+    let names = [
+        "x-echo-x-bool-type",
+        "x-echo-x-sf-bool",
+        "x-echo-x-var-type",
+        "x-echo-x-missing-f",
+        "x-echo-x-int-type",
+        "x-echo-x-headers-base",
+        "x-echo-x-nil",
+        "x-echo-x-nothing",
+        "x-echo-x-table",
+        "x-echo-x-true",
+        "x-echo-x-float",
+        "x-echo-x-from-nil",
+    ];
+    for (h, m) in &pairs {
+        for n in names {
+            assert_eq!(h.header(n), m.header(n), "header {n}");
+        }
+    }
+    let (_, m) = &pairs[0];
+    assert_eq!(m.header("x-echo-x-bool-type").as_deref(), Some("number:1"));
+    assert_eq!(m.header("x-echo-x-nil").as_deref(), Some("0"));
+    assert_eq!(m.header("x-echo-x-nothing").as_deref(), Some(""));
+    Ok(())
+}

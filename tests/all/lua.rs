@@ -381,7 +381,7 @@ end, 0)
         "sc.base64=aGk=",
         "hdr0=A1",
         "var=42",
-        "bool=true",
+        "bool=1",
         "priv=v",
         "tokenize=a|b||c",
         "concat=x1",

@@ -11,6 +11,7 @@ mod ext;
 mod http;
 mod lifecycle;
 mod lua;
+mod lua_api;
 mod rules;
 mod tcp;
 mod wasm;

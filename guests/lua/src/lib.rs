@@ -43,6 +43,11 @@ struct Setup {
     task_timeout: Duration,
     burst_timeout: Duration,
     maxmem: usize,
+    /// `core.thread`: 0 for the shared state, 1..n per thread.
+    thread: u32,
+    /// Whether `core.httpclient()` verifies server certificates.
+    httpclient_verify: bool,
+    bool_normal: bool,
 }
 
 impl Setup {
@@ -56,6 +61,7 @@ impl Setup {
             task_timeout: Duration::from_secs(4),
             burst_timeout: Duration::from_secs(1),
             maxmem: 0,
+            httpclient_verify: true,
             ..Setup::default()
         };
         let ms = |v: &str| -> Result<Duration, String> {
@@ -82,6 +88,9 @@ impl Setup {
                 "task-timeout" => s.task_timeout = ms(v)?,
                 "burst-timeout" => s.burst_timeout = ms(v)?,
                 "maxmem" => s.maxmem = v.parse().map_err(|_| format!("bad size '{v}'"))?,
+                "thread" => s.thread = v.parse().map_err(|_| format!("bad thread '{v}'"))?,
+                "httpclient-verify" => s.httpclient_verify = v != "none",
+                "bool-sample-conversion" => s.bool_normal = v == "normal",
                 other => return Err(format!("unknown setting '{other}'")),
             }
         }
@@ -109,6 +118,9 @@ thread_local! {
     static STATE: RefCell<Option<Lua>> = const { RefCell::new(None) };
     /// Whether the code running now is loading (io allowed).
     static LOADING: Cell<bool> = const { Cell::new(false) };
+    /// `tune.lua.bool-sample-conversion normal`: boolean samples reach Lua
+    /// as booleans, not as HAProxy's historic 0 and 1.
+    static BOOL_NORMAL: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs a coroutine's future under HAProxy's timeouts: `limit` counts
@@ -176,7 +188,8 @@ fn is_core_done(e: &mlua::Error) -> bool {
 
 fn sample_to_lua(lua: &Lua, s: Sample) -> mlua::Result<Value> {
     Ok(match s {
-        Sample::Boolean(b) => Value::Boolean(b),
+        Sample::Boolean(b) if BOOL_NORMAL.get() => Value::Boolean(b),
+        Sample::Boolean(b) => Value::Integer(i64::from(b)),
         Sample::Sint(i) => Value::Integer(i),
         Sample::Str(s) | Sample::Meth(s) => Value::String(lua.create_string(&s)?),
         Sample::Bin(b) => Value::String(lua.create_string(&b)?),
@@ -184,6 +197,13 @@ fn sample_to_lua(lua: &Lua, s: Sample) -> mlua::Result<Value> {
             Value::String(lua.create_string(other.to_str())?)
         }
     })
+}
+
+/// What a fetch or converter returns, or a variable is set to, as HAProxy
+/// converts it (`hlua_lua2smp`): nil, tables and functions are boolean
+/// false.
+fn lua_to_sample_or_false(v: &Value) -> Sample {
+    lua_to_sample(v).unwrap_or(Sample::Boolean(false))
 }
 
 fn lua_to_sample(v: &Value) -> Option<Sample> {
@@ -366,11 +386,7 @@ fn primitives(lua: &Lua) -> mlua::Result<Table> {
     mb.set(
         "set_var",
         lua.create_function(|_, (name, v): (String, Value)| {
-            match lua_to_sample(&v) {
-                Some(s) => host::txn::set_var(&name, &s).map_err(lua_err)?,
-                None => host::txn::unset_var(&name).map_err(lua_err)?,
-            }
-            Ok(())
+            host::txn::set_var(&name, &lua_to_sample_or_false(&v)).map_err(lua_err)
         })?,
     )?;
     mb.set(
@@ -378,6 +394,28 @@ fn primitives(lua: &Lua) -> mlua::Result<Table> {
         lua.create_function(|_, name: String| host::txn::unset_var(&name).map_err(lua_err))?,
     )?;
     mb.set("txn_id", lua.create_function(|_, ()| Ok(host::txn::id()))?)?;
+    mb.set(
+        "is_http",
+        lua.create_function(|_, ()| Ok(host::txn::is_http()))?,
+    )?;
+
+    // Channels (TCP mode).
+    mb.set(
+        "channel_data",
+        lua.create_function(|lua, res: bool| lua.create_string(host::txn::channel_data(res)))?,
+    )?;
+    mb.set(
+        "channel_set",
+        lua.create_function(|_, (res, data): (bool, mlua::LuaString)| {
+            host::txn::channel_set(res, &data.as_bytes()).map_err(lua_err)
+        })?,
+    )?;
+    mb.set(
+        "channel_send",
+        lua.create_function(|_, (res, data): (bool, mlua::LuaString)| {
+            host::txn::channel_send(res, &data.as_bytes()).map_err(lua_err)
+        })?,
+    )?;
 
     // The HTTP message.
     let headers = |lua: &Lua, h: Vec<(String, String)>| -> mlua::Result<Table> {
@@ -562,6 +600,12 @@ fn primitives(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
     mb.set(
+        "server_maxconn",
+        lua.create_function(|_, (p, s, m): (String, String, u32)| {
+            host::proxies::server_set_maxconn(&p, &s, m).map_err(lua_err)
+        })?,
+    )?;
+    mb.set(
         "regex",
         lua.create_function(
             |lua, (pattern, nocase, subject): (String, bool, mlua::LuaString)| {
@@ -617,15 +661,32 @@ fn primitives(lua: &Lua) -> mlua::Result<Table> {
     mb.set(
         "connect",
         lua.create_async_function(
-            |_, (id, addr, timeout): (u32, String, Option<u64>)| async move {
+            |_,
+             (id, addr, timeout, tls, server_name, verify): (
+                u32,
+                String,
+                Option<u64>,
+                bool,
+                Option<String>,
+                bool,
+            )| async move {
+                let tls = tls.then_some(raw::TlsOptions {
+                    server_name,
+                    verify,
+                });
                 match raw::wait(Io::Connect(raw::ConnectRequest {
                     socket: id,
                     addr,
                     timeout_ms: timeout,
+                    tls,
                 }))
                 .await
                 {
                     IoResult::Failed(e) => Ok((Value::Nil, Some(io_err(&e)))),
+                    IoResult::Data(local) => Ok((
+                        Value::Integer(1),
+                        Some(String::from_utf8_lossy(&local).into_owned()),
+                    )),
                     _ => Ok((Value::Integer(1), None)),
                 }
             },
@@ -679,22 +740,25 @@ fn primitives(lua: &Lua) -> mlua::Result<Table> {
     )?;
     mb.set(
         "applet_receive",
-        lua.create_async_function(|lua, (pattern, n): (String, Option<u32>)| async move {
-            let pattern = match pattern.as_str() {
-                "line" => raw::ReceivePattern::Line,
-                "all" => raw::ReceivePattern::All,
-                _ => raw::ReceivePattern::Count(n.unwrap_or(0)),
-            };
-            match raw::wait(Io::AppletReceive(raw::AppletReceiveRequest {
-                pattern,
-                timeout_ms: None,
-            }))
-            .await
-            {
-                IoResult::Data(d) => Ok(Value::String(lua.create_string(&d)?)),
-                _ => Ok(Value::Nil),
-            }
-        })?,
+        lua.create_async_function(
+            |lua, (pattern, n, timeout): (String, Option<u32>, Option<u64>)| async move {
+                let pattern = match pattern.as_str() {
+                    "line" => raw::ReceivePattern::Line,
+                    "all" => raw::ReceivePattern::All,
+                    _ => raw::ReceivePattern::Count(n.unwrap_or(0)),
+                };
+                match raw::wait(Io::AppletReceive(raw::AppletReceiveRequest {
+                    pattern,
+                    timeout_ms: timeout,
+                }))
+                .await
+                {
+                    IoResult::Data(d) => Ok((Value::String(lua.create_string(&d)?), None)),
+                    IoResult::Failed(e) => Ok((Value::Nil, Some(io_err(&e)))),
+                    _ => Ok((Value::Nil, None)),
+                }
+            },
+        )?,
     )?;
     mb.set(
         "applet_start",
@@ -743,10 +807,11 @@ fn call_sample(
     argv: impl FnOnce() -> mlua::Result<Vec<Value>>,
 ) -> Result<Option<Sample>, String> {
     let _ = DEADLINE.replace(Some((Instant::now() + burst, burst)));
-    let r = argv().and_then(|argv| f.call::<Value>(MultiValue::from_vec(argv)));
+    let r = argv().and_then(|argv| f.call::<MultiValue>(MultiValue::from_vec(argv)));
     DEADLINE.set(None);
     match r {
-        Ok(v) => Ok(lua_to_sample(&v)),
+        // Returning no value at all fails the sample; nil is false.
+        Ok(v) => Ok(v.front().map(lua_to_sample_or_false)),
         Err(e) if is_core_done(&e) => Ok(None),
         Err(e) => Err(describe(&e)),
     }
@@ -802,6 +867,10 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
 
     STATE.with(|s| *s.borrow_mut() = Some(lua.clone()));
     let mb = primitives(&lua).map_err(|e| e.to_string())?;
+    mb.set("thread", setup.thread).map_err(|e| e.to_string())?;
+    BOOL_NORMAL.set(setup.bool_normal);
+    mb.set("httpclient_verify", setup.httpclient_verify)
+        .map_err(|e| e.to_string())?;
     lua.globals().set("__mb", mb).map_err(|e| e.to_string())?;
     if !setup.paths.is_empty() {
         let package: Table = lua.globals().get("package").map_err(|e| e.to_string())?;

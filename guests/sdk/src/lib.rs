@@ -50,8 +50,8 @@ pub use wit::{Facility, Level, Reply, Sample, Verdict};
 /// What most extensions need.
 pub mod prelude {
     pub use crate::{
-        Facility, HttpApplet, Level, Registrar, Reply, Sample, TcpApplet, TcpSocket, Txn, Verdict,
-        log, now, sleep_ms, yield_now,
+        Facility, HttpApplet, Level, Registrar, Reply, Sample, TcpApplet, TcpSocket, Tls, Txn,
+        Verdict, log, now, sleep_ms, yield_now,
     };
 }
 
@@ -285,6 +285,20 @@ impl Txn {
     pub fn done(&self, reply: Option<Reply>) {
         host::txn::done(reply.as_ref())
     }
+
+    /// TCP mode: the bytes waiting in the request (`response` false) or
+    /// response channel, received and not yet forwarded.
+    pub fn channel_data(&self, response: bool) -> Vec<u8> {
+        host::txn::channel_data(response)
+    }
+    /// TCP mode: replaces the bytes waiting in the channel being analysed.
+    pub fn channel_set(&self, response: bool, data: &[u8]) -> Result<(), String> {
+        host::txn::channel_set(response, data)
+    }
+    /// TCP mode: sends bytes to the channel's peer ahead of what waits.
+    pub fn channel_send(&self, response: bool, data: &[u8]) -> Result<(), String> {
+        host::txn::channel_send(response, data)
+    }
 }
 
 impl Reply {
@@ -382,7 +396,7 @@ async fn wait(io: wit::Io) -> wit::IoResult {
 pub mod raw {
     pub use super::wit::{
         AppletHead, AppletReceiveRequest, ConnectRequest, Io, IoResult, ReceivePattern,
-        ReceiveRequest,
+        ReceiveRequest, TlsOptions,
     };
 
     /// Waits for one I/O the host performs.
@@ -478,17 +492,44 @@ impl From<Receive> for wit::ReceivePattern {
 pub struct TcpSocket {
     id: u32,
     timeout_ms: Option<u64>,
+    local: String,
+}
+
+/// TLS over a [`TcpSocket`].
+#[derive(Clone, Debug, Default)]
+pub struct Tls {
+    /// Sent in SNI and checked against the certificate when verifying.
+    pub server_name: Option<String>,
+    /// Verify the certificate against the Mozilla root store.
+    pub verify: bool,
 }
 
 impl TcpSocket {
     /// Connects to `addr` ("IP:PORT").
     pub async fn connect(addr: &str) -> Result<TcpSocket, IoError> {
-        Self::connect_timeout(addr, None).await
+        Self::open(addr, None, None).await
     }
 
     pub async fn connect_timeout(
         addr: &str,
         timeout_ms: Option<u64>,
+    ) -> Result<TcpSocket, IoError> {
+        Self::open(addr, timeout_ms, None).await
+    }
+
+    /// Connects to `addr` ("IP:PORT") and runs a TLS handshake over it.
+    pub async fn connect_tls(
+        addr: &str,
+        tls: Tls,
+        timeout_ms: Option<u64>,
+    ) -> Result<TcpSocket, IoError> {
+        Self::open(addr, timeout_ms, Some(tls)).await
+    }
+
+    async fn open(
+        addr: &str,
+        timeout_ms: Option<u64>,
+        tls: Option<Tls>,
     ) -> Result<TcpSocket, IoError> {
         let id = EXEC.with(|e| {
             let mut e = e.borrow_mut();
@@ -499,10 +540,23 @@ impl TcpSocket {
             socket: id,
             addr: addr.to_string(),
             timeout_ms,
+            tls: tls.map(|t| wit::TlsOptions {
+                server_name: t.server_name,
+                verify: t.verify,
+            }),
         }))
         .await;
-        expect_ok(r)?;
-        Ok(TcpSocket { id, timeout_ms })
+        let local = String::from_utf8_lossy(&expect_data(r)?).into_owned();
+        Ok(TcpSocket {
+            id,
+            timeout_ms,
+            local,
+        })
+    }
+
+    /// The local address of the connection ("IP:PORT").
+    pub fn local_addr(&self) -> &str {
+        &self.local
     }
 
     /// Timeout of each later send or receive.

@@ -87,9 +87,15 @@ impl Host for Ctx {
                 });
             }
             "drain" => s.weight.store(0, std::sync::atomic::Ordering::Relaxed),
+            "up" => {
+                s.set_state(ServerState::Up);
+            }
+            "down" => {
+                s.set_state(ServerState::Down);
+            }
             other => {
                 return Err(format!(
-                    "unknown state '{other}', expected maint, ready or drain"
+                    "unknown state '{other}', expected maint, ready, drain, up or down"
                 ));
             }
         }
@@ -107,6 +113,18 @@ impl Host for Ctx {
             return Err(format!("weight {weight} is out of range 0-256"));
         }
         s.weight.store(weight, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn server_set_maxconn(
+        &mut self,
+        proxy: String,
+        server: String,
+        maxconn: u32,
+    ) -> Result<(), String> {
+        let s = self.server(&proxy, &server)?;
+        s.maxconn
+            .store(maxconn, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }

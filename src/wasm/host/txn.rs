@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderName, Method, StatusCode};
 
 use crate::proxy::rules::{replace_header, set_uri_part};
-use crate::proxy::txn::{Reply, Txn, header_value};
+use crate::proxy::txn::{Phase, Reply, Txn, header_value};
 use crate::sample::{Sample, Scope, VarName, conv, fetch};
 use crate::wasm::bindings::moonbox::ext::txn::Host;
 use crate::wasm::bindings::types as wit;
@@ -343,6 +343,55 @@ impl Host for Ctx {
             }
             t.done = true;
         }
+    }
+
+    fn channel_data(&mut self, response: bool) -> Vec<u8> {
+        match self.tcp_txn() {
+            Ok(t) if analysing(t, response) => t.payload.to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn channel_set(&mut self, response: bool, data: Vec<u8>) -> Result<(), String> {
+        let t = self.tcp_txn()?;
+        if !analysing(t, response) {
+            return Err(format!(
+                "the {} channel is not being analysed here",
+                if response { "response" } else { "request" }
+            ));
+        }
+        t.payload = Bytes::from(data);
+        Ok(())
+    }
+
+    fn channel_send(&mut self, response: bool, data: Vec<u8>) -> Result<(), String> {
+        let t = self.tcp_txn()?;
+        if response {
+            t.to_client.extend_from_slice(&data);
+        } else {
+            t.to_server.extend_from_slice(&data);
+        }
+        Ok(())
+    }
+}
+
+impl Ctx {
+    /// The transaction, when it is in TCP mode: channels hold raw bytes
+    /// only there, as in HAProxy.
+    fn tcp_txn(&mut self) -> Result<&mut Txn, String> {
+        let t = self.txn()?;
+        if t.req.is_some() {
+            return Err("channel data cannot be used in HTTP mode".into());
+        }
+        Ok(t)
+    }
+}
+
+/// Whether `response` names the channel whose rules run now.
+fn analysing(t: &Txn, response: bool) -> bool {
+    match t.phase {
+        Phase::Request | Phase::Connection => !response,
+        Phase::Response => response,
     }
 }
 
