@@ -368,8 +368,24 @@ function Queue:pop_wait()
 end
 function Queue:alarm() end
 
+-- "show info", from what the proxy counts: connections and requests summed
+-- over the frontends, uptime since the scripts loaded (at start-up).
+local loaded_ms = mb.monotonic_ms()
 function core.get_info()
-    return { Name = "moonbox", Version = "moonbox", Nbthread = core.thread, Uptime_sec = 0 }
+    local cur, cum, req = 0, 0, 0
+    for _, fe in pairs(core.frontends) do
+        local st = fe:get_stats()
+        cur = cur + (tonumber(st.scur) or 0)
+        cum = cum + (tonumber(st.stot) or 0)
+        req = req + (tonumber(st.req_tot) or 0)
+    end
+    local up = (mb.monotonic_ms() - loaded_ms) // 1000
+    return {
+        Name = "moonbox", Nbproc = 1, Process_num = 1, Nbthread = mb.nbthread,
+        Uptime_sec = up,
+        Uptime = string.format("%dd %dh%02dm%02ds", up // 86400, up // 3600 % 24, up // 60 % 60, up % 60),
+        CurrConns = cur, CumConns = cum, CumReq = req,
+    }
 end
 
 ---------------------------------------------------------------------------

@@ -101,6 +101,7 @@ pub fn settings(g: &Global, workers: usize) -> anyhow::Result<Option<Settings>> 
         None => 0,
     };
     args.push(format!("maxmem={maxmem}"));
+    args.push(format!("nbthread={workers}"));
     if let Some(v) = g.tune("tune.lua.bool-sample-conversion") {
         args.push(format!("bool-sample-conversion={v}"));
     }

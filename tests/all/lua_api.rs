@@ -376,3 +376,148 @@ end, 0)
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn maps_sockets_logs_variables_and_http_rewrites() -> Result<()> {
+    let app = Upstream::start("app", Behavior::Echo).await;
+    let dir = TempDir::new();
+    let map = dir.write("paths.map", "/old /new\n10.0.0.0/8 internal\n");
+    let script = format!(
+        r#"
+core.register_init(function()
+    core.log(core.info, "init ran")
+end)
+
+core.register_service("body", "http", function(applet)
+    local first = applet:getline()
+    local rest = applet:receive()
+    local body = "first=" .. first:gsub("\n", "") .. " rest=" .. rest .. " len=" .. tostring(applet.length)
+    applet:set_status(200)
+    applet:add_header("content-length", #body)
+    applet:start_response()
+    applet:send(body)
+end)
+
+local paths = Map.new("{map}", Map._str)
+local nets = Map.new("{map}", Map._ip)
+
+core.register_action("more", {{ "http-req" }}, function(txn)
+    local out = {{}}
+    local function put(k, v) out[#out + 1] = k .. "=" .. tostring(v) end
+    put("map", paths:lookup("/old"))
+    put("smap", "[" .. paths:slookup("/none") .. "]")
+    put("nomap", paths:lookup("/none"))
+    put("ip", nets:lookup("10.2.3.4"))
+    core.set_map("{map}", "/added", "yes")
+    put("added", paths:lookup("/added"))
+    core.del_map("{map}", "/added")
+    put("deleted", paths:lookup("/added"))
+    put("procvar", core.get_var("proc.limit"))
+    txn:set_var("txn.tmp", "x")
+    txn:unset_var("txn.tmp")
+    put("unset", txn:get_var("txn.tmp"))
+    local info = core.get_info()
+    put("info", info.Name .. ":" .. type(info.Uptime_sec) .. ":" .. tostring(info.CumReq >= 1))
+    core.yield()
+    core.msleep(5)
+    core.sleep(0)
+    put("fe", core.frontends["fe"]:get_name())
+    core.backends["app"].servers["s1"]:set_weight(3)
+    put("weight", core.backends["app"].servers["s1"]:get_stats().weight)
+    txn:Info("txn info line")
+    core.log(core.warning, "core warning line")
+    txn.http:req_set_path("/rewritten")
+    txn.http:req_set_query("a=1")
+    txn.http:req_rep_header("x-rep", "^(\\w+)-old$", "\\1-new")
+
+    local s = core.tcp()
+    s:settimeout(2)
+    s:connect("{ip}", {port})
+    local host, port = s:getpeername()
+    put("peer", host .. ":" .. port)
+    s:send("GET /sock HTTP/1.0\r\n\r\n")
+    put("status", s:receive("*l"):match(" (%d+)"))
+    put("two", #s:receive(2, "pre"))
+    put("all", s:receive("*a"):find("x-echo-path: /sock", 1, true) ~= nil)
+    local none, err = s:receive("*l")
+    put("after", tostring(none) .. ":" .. err)
+    s:close()
+    txn.http:req_set_header("x-more", table.concat(out, ";"))
+end, 0)
+
+core.register_action("resp", {{ "http-res" }}, function(txn)
+    txn.http:res_set_status(203)
+    txn.http:res_add_header("x-res-added", "1")
+    txn.http:res_set_header("x-server", "replaced")
+end, 0)
+"#,
+        map = map.display(),
+        ip = app.addr.ip(),
+        port = app.addr.port()
+    );
+    let lua = dir.write("t.lua", &script);
+    let cfg = dir.write(
+        "t.cfg",
+        &format!(
+            "global\n    lua-load {}\n\ndefaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\n\
+             frontend fe\n    bind 127.0.0.1:0\n    http-request set-var(proc.limit) int(7)\n    http-request set-var(txn.mapped) path,map({})\n    http-request use-service lua.body if {{ path /body }}\n    http-request lua.more\n    http-response lua.resp\n    default_backend app\n\n\
+             backend app\n    server s1 {}\n",
+            lua.display(),
+            map.display(),
+            app.addr
+        ),
+    );
+    let p = ProxyProcess::spawn(&["-f", &cfg.display().to_string()], 1)?;
+    let a = p.addrs[0];
+    wait_stderr(&p, "the init function", Duration::from_secs(5), |l| {
+        l.contains("init ran")
+    });
+
+    let r = request(a, "GET", "/x?q=0", &[("x-rep", "value-old")], "").await?;
+    assert_eq!(r.status, 203);
+    assert_eq!(r.header("x-res-added").as_deref(), Some("1"));
+    assert_eq!(r.header("x-server").as_deref(), Some("replaced"));
+    assert_eq!(
+        r.header("x-echo-path").as_deref(),
+        Some("/rewritten"),
+        "{:#?}",
+        p.stderr_lines()
+    );
+    assert_eq!(r.header("x-echo-query").as_deref(), Some("a=1"));
+    assert_eq!(r.header("x-echo-x-rep").as_deref(), Some("value-new"));
+    let more = r.header("x-echo-x-more").unwrap_or_default();
+    for want in [
+        "map=/new",
+        "smap=[]",
+        "nomap=nil",
+        "ip=internal",
+        "added=yes",
+        "deleted=nil",
+        "procvar=7",
+        "unset=nil",
+        "info=moonbox:number:true",
+        "fe=fe",
+        "weight=3",
+        &format!("peer={}", app.addr),
+        "status=200",
+        "two=5",
+        "all=true",
+        "after=nil:closed",
+    ] {
+        assert!(
+            more.split(';').any(|kv| kv == want),
+            "{want} missing in {more}"
+        );
+    }
+    wait_stderr(&p, "the log lines", Duration::from_secs(5), |l| {
+        l.contains("txn info line")
+    });
+    wait_stderr(&p, "the log lines", Duration::from_secs(5), |l| {
+        l.contains("core warning line")
+    });
+
+    let r = request(a, "POST", "/body", &[], "line one\nand the rest").await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "first=line one rest=and the rest len=21");
+    Ok(())
+}

@@ -45,6 +45,8 @@ struct Setup {
     maxmem: usize,
     /// `core.thread`: 0 for the shared state, 1..n per thread.
     thread: u32,
+    /// The proxy's worker threads (`core.get_info().Nbthread`).
+    nbthread: u32,
     /// Whether `core.httpclient()` verifies server certificates.
     httpclient_verify: bool,
     bool_normal: bool,
@@ -89,6 +91,7 @@ impl Setup {
                 "burst-timeout" => s.burst_timeout = ms(v)?,
                 "maxmem" => s.maxmem = v.parse().map_err(|_| format!("bad size '{v}'"))?,
                 "thread" => s.thread = v.parse().map_err(|_| format!("bad thread '{v}'"))?,
+                "nbthread" => s.nbthread = v.parse().map_err(|_| format!("bad nbthread '{v}'"))?,
                 "httpclient-verify" => s.httpclient_verify = v != "none",
                 "bool-sample-conversion" => s.bool_normal = v == "normal",
                 other => return Err(format!("unknown setting '{other}'")),
@@ -868,6 +871,8 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
     STATE.with(|s| *s.borrow_mut() = Some(lua.clone()));
     let mb = primitives(&lua).map_err(|e| e.to_string())?;
     mb.set("thread", setup.thread).map_err(|e| e.to_string())?;
+    mb.set("nbthread", setup.nbthread.max(1))
+        .map_err(|e| e.to_string())?;
     BOOL_NORMAL.set(setup.bool_normal);
     mb.set("httpclient_verify", setup.httpclient_verify)
         .map_err(|e| e.to_string())?;
