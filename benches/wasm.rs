@@ -60,7 +60,7 @@ fn lua() -> Arc<dyn Extension> {
             line: 1,
         },
     });
-    let settings = moonbox::wasm::lua::settings(&g, 1)
+    let settings = moonbox::wasm::lua::settings(&g, 1, None)
         .expect("Lua settings")
         .expect("a Lua extension");
     Arc::new(moonbox::wasm::lua::load(settings).expect("the Lua guest loads"))
@@ -80,7 +80,7 @@ fn txn() -> Txn {
     let loaded = moonbox::config::load_sources(
         &[(PathBuf::from("bench.cfg"), cfg.to_string())],
         Registry::new(),
-        &mut |_, _| Ok(()),
+        &mut |_, _, _| Ok(()),
     )
     .expect("config");
     let world = moonbox::proxy::build_world(&loaded);

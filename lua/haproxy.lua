@@ -81,6 +81,7 @@ function core.register_task(fn, ...)
     end
 end
 
+function mb.has_inits() return #inits > 0 end
 function mb.run_inits()
     for _, fn in ipairs(inits) do fn() end
 end
@@ -486,7 +487,12 @@ Map.str, Map.beg, Map["end"], Map.sub, Map.reg = "str", "beg", "end", "sub", "re
 Map.dom, Map.dir, Map.int, Map.ip = "dom", "dir", "int", "ip"
 local MapObj = {}
 MapObj.__index = MapObj
-function Map.new(file, method) return setmetatable({ file = file, method = method or "str" }, MapObj) end
+-- Loads the file unless the configuration already did, as HAProxy does.
+function Map.new(file, method)
+    file = tostring(file)
+    mb.map_load(file)
+    return setmetatable({ file = file, method = method or "str" }, MapObj)
+end
 function MapObj:lookup(key) return mb.map_lookup(self.file, self.method, tostring(key)) end
 function MapObj:slookup(key) return self:lookup(key) or "" end
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::config::model::ExtLoad;
 use crate::ext::{Extension, Facility, Registration, Registry, ServiceMode};
 use crate::proxy::Proxy;
+use crate::sample::map::MapStore;
 use crate::wasm;
 
 /// A reverse proxy that HAProxy users recognise, with extensions sandboxed
@@ -95,35 +96,37 @@ impl Source {
             Source::Files(_) => &[],
             Source::Text(_, p) => p,
         };
-        let mut loader =
-            |g: &config::model::Global, reg: &mut Registry| -> Result<(), Vec<ConfigError>> {
-                let workers = g.nbthread.unwrap_or(1);
-                let mut errors = Vec::new();
-                for l in &g.ext_loads {
-                    if let Some(p) = pre.iter().find(|p| p.file == l.file) {
-                        reg.add(Arc::clone(&p.ext));
-                        continue;
-                    }
-                    match load_extension(l, workers) {
-                        Ok(ext) => reg.add(ext),
-                        Err(e) => errors.push(ConfigError::at(
-                            &l.loc,
-                            format!("cannot load extension '{}': {e:#}", l.file.display()),
-                        )),
-                    }
+        let mut loader = |g: &config::model::Global,
+                          maps: &Arc<MapStore>,
+                          reg: &mut Registry|
+         -> Result<(), Vec<ConfigError>> {
+            let workers = g.nbthread.unwrap_or(1);
+            let mut errors = Vec::new();
+            for l in &g.ext_loads {
+                if let Some(p) = pre.iter().find(|p| p.file == l.file) {
+                    reg.add(Arc::clone(&p.ext));
+                    continue;
                 }
-                if let Err(e) = load_lua(g, workers, reg) {
-                    errors.push(ConfigError::at(
-                        &g.lua_loads[0].loc,
-                        format!("lua-load: {e:#}"),
-                    ));
+                match load_extension(l, workers, Some(maps)) {
+                    Ok(ext) => reg.add(ext),
+                    Err(e) => errors.push(ConfigError::at(
+                        &l.loc,
+                        format!("cannot load extension '{}': {e:#}", l.file.display()),
+                    )),
                 }
-                if errors.is_empty() {
-                    Ok(())
-                } else {
-                    Err(errors)
-                }
-            };
+            }
+            if let Err(e) = load_lua(g, workers, maps, reg) {
+                errors.push(ConfigError::at(
+                    &g.lua_loads[0].loc,
+                    format!("lua-load: {e:#}"),
+                ));
+            }
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors)
+            }
+        };
         match self {
             Source::Files(f) => config::load(f, Registry::new(), &mut loader),
             Source::Text(t, _) => config::load_sources(
@@ -136,16 +139,26 @@ impl Source {
 }
 
 /// Loads the configuration's Lua scripts, if any, as the extension `lua`.
-fn load_lua(g: &config::model::Global, workers: usize, reg: &mut Registry) -> anyhow::Result<()> {
-    if let Some(settings) = wasm::lua::settings(g, workers)? {
+fn load_lua(
+    g: &config::model::Global,
+    workers: usize,
+    maps: &Arc<MapStore>,
+    reg: &mut Registry,
+) -> anyhow::Result<()> {
+    if let Some(settings) = wasm::lua::settings(g, workers, Some(Arc::clone(maps)))? {
         reg.add(Arc::new(wasm::lua::load(settings)?));
     }
     Ok(())
 }
 
 /// Loads the extension of an `ext-load` line.
-fn load_extension(l: &ExtLoad, workers: usize) -> anyhow::Result<Arc<dyn Extension>> {
-    let settings = wasm::Settings::from_load(l, workers)?;
+fn load_extension(
+    l: &ExtLoad,
+    workers: usize,
+    maps: Option<&Arc<MapStore>>,
+) -> anyhow::Result<Arc<dyn Extension>> {
+    let mut settings = wasm::Settings::from_load(l, workers)?;
+    settings.maps = maps.cloned();
     Ok(Arc::new(wasm::WasmExtension::load(&l.file, settings)?))
 }
 
@@ -158,7 +171,7 @@ fn preload(files: &[PathBuf]) -> anyhow::Result<Vec<Preloaded>> {
         if out.iter().any(|p| p.ext.namespace() == l.namespace) {
             bail!("two extensions named '{}': rename one file", l.namespace);
         }
-        let ext = load_extension(&l, 1)
+        let ext = load_extension(&l, 1, None)
             .with_context(|| format!("cannot load extension '{}'", file.display()))?;
         out.push(Preloaded {
             file: file.clone(),

@@ -77,7 +77,10 @@ pub struct Loaded {
 }
 
 /// Loads extensions named by the `global` section into the registry.
-pub type ExtLoader<'a> = dyn FnMut(&Global, &mut Registry) -> Result<(), Vec<ConfigError>> + 'a;
+/// Loads the extensions of the global section into the registry; they may
+/// load maps into the configuration's store while they initialise.
+pub type ExtLoader<'a> =
+    dyn FnMut(&Global, &Arc<MapStore>, &mut Registry) -> Result<(), Vec<ConfigError>> + 'a;
 
 /// Reads, parses and checks configuration files.
 pub fn load(
@@ -134,8 +137,9 @@ pub fn load_sources(
     for s in sections.iter().filter(|s| s.kind == RawKind::Global) {
         parse_global(s, &mut global, &mut errors);
     }
+    let maps = Arc::new(MapStore::new());
     if errors.is_empty()
-        && let Err(mut e) = loader(&global, &mut registry)
+        && let Err(mut e) = loader(&global, &maps, &mut registry)
     {
         errors.append(&mut e);
     }
@@ -144,7 +148,6 @@ pub fn load_sources(
     }
 
     // 2. proxies, with the defaults in force where each is declared.
-    let maps = Arc::new(MapStore::new());
     let mut proxies: Vec<ProxyConfig> = Vec::new();
     let mut named_defaults: Vec<(String, ProxyConfig)> = Vec::new();
     let mut current_defaults = ProxyConfig::defaults_template();
@@ -1760,7 +1763,7 @@ mod tests {
         load_sources(
             &[(PathBuf::from("t.cfg"), text.to_string())],
             Registry::new(),
-            &mut |_, _| Ok(()),
+            &mut |_, _, _| Ok(()),
         )
     }
 

@@ -91,6 +91,11 @@ pub enum Registration {
     Task {
         name: String,
     },
+    /// Run once the proxy is configured, before it serves (HAProxy's
+    /// `core.register_init`); its failure stops start-up.
+    Init {
+        name: String,
+    },
 }
 
 /// What an action tells the rule engine (HAProxy's `act.*`).
@@ -191,6 +196,12 @@ pub trait Extension: Send + Sync + 'static {
 
     /// Runs a task until it returns (tasks usually loop with sleeps).
     fn task<'a>(&'a self, name: &'a str, ctx: TaskCtx) -> BoxFuture<'a, Result<(), ExtError>>;
+
+    /// Runs an init function (`Registration::Init`) once the proxy is
+    /// configured. By default, as a task that must end.
+    fn init<'a>(&'a self, name: &'a str, ctx: TaskCtx) -> BoxFuture<'a, Result<(), ExtError>> {
+        self.task(name, ctx)
+    }
 }
 
 /// What a task can reach: the running proxy.
@@ -225,6 +236,7 @@ pub struct Registry {
     actions: HashMap<String, (ExtRef, Vec<(Facility, u32)>)>,
     services: HashMap<String, (ExtRef, ServiceMode)>,
     tasks: Vec<ExtRef>,
+    inits: Vec<ExtRef>,
 }
 
 impl fmt::Debug for Registry {
@@ -314,6 +326,7 @@ impl Registry {
                     self.services.insert(r.full.to_string(), (r, mode));
                 }
                 Registration::Task { name } => self.tasks.push(mk(&name)),
+                Registration::Init { name } => self.inits.push(mk(&name)),
             }
         }
         self.exts.push(ext);
@@ -409,6 +422,11 @@ impl Registry {
 
     pub fn tasks(&self) -> &[ExtRef] {
         &self.tasks
+    }
+
+    /// What runs once the proxy is configured, in registration order.
+    pub fn inits(&self) -> &[ExtRef] {
+        &self.inits
     }
 
     /// Names of all registered actions, services, fetches and converters

@@ -54,6 +54,26 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("init '{name}' failed: {reason}")]
+    Init { name: String, reason: String },
+}
+
+/// Runs the extensions' init functions (`core.register_init`) once the
+/// world exists, in order, before anything is served.
+async fn run_inits(world: &Arc<World>) -> Result<(), StartError> {
+    for i in world.ext.inits() {
+        let ctx = TaskCtx {
+            world: world.clone(),
+        };
+        i.ext
+            .init(&i.name, ctx)
+            .await
+            .map_err(|e| StartError::Init {
+                name: i.full.to_string(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(())
 }
 
 /// Builds the run-time world of a loaded configuration.
@@ -197,6 +217,7 @@ impl Proxy {
     /// Binds every frontend's addresses and starts serving.
     pub async fn start(loaded: &Loaded) -> Result<Proxy, StartError> {
         let world = build_world(loaded);
+        run_inits(&world).await?;
         let mut gen_ = Generation::new(world);
         let (stopping, _) = watch::channel(false);
         let mut listeners = Vec::new();
@@ -253,6 +274,7 @@ impl Proxy {
     /// their current request and close.
     pub async fn reload(&self, loaded: &Loaded) -> Result<(), StartError> {
         let world = build_world(loaded);
+        run_inits(&world).await?;
         let mut gen_ = Generation::new(world);
         let mut listeners = self.listeners.lock();
         // Bind new addresses first: a failure leaves the old generation intact.

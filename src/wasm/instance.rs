@@ -60,6 +60,8 @@ pub struct Ctx {
     spare: Option<Txn>,
     /// The running proxy (proxies, maps); set before each call.
     pub world: Option<Arc<World>>,
+    /// The configuration's maps while it loads (before the world exists).
+    pub maps: Option<Arc<crate::sample::map::MapStore>>,
     /// The request of the service being run.
     pub applet: Option<AppletRequest>,
     pub point: Point,
@@ -197,6 +199,7 @@ impl Inst {
             txn: None,
             spare: None,
             world: None,
+            maps: settings.maps.clone(),
             applet: None,
             point: Point::Init,
             readable: Arc::from(settings.preopens.as_slice()),

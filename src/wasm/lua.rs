@@ -3,6 +3,7 @@
 //! of a configuration share one extension, namespace `lua`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -10,6 +11,7 @@ use anyhow::{Context, bail};
 use super::io::AllowRule;
 use super::{Settings, WasmExtension};
 use crate::config::model::{Global, Isolation, OnError};
+use crate::sample::map::MapStore;
 
 /// The Lua guest, built by build.rs from guests/lua (empty when the build
 /// machine could not build it).
@@ -37,7 +39,11 @@ fn tune_ms(g: &Global, name: &str, default: Duration) -> anyhow::Result<Duration
 
 /// The settings of the Lua extension of a configuration, or `None` when it
 /// loads no Lua.
-pub fn settings(g: &Global, workers: usize) -> anyhow::Result<Option<Settings>> {
+pub fn settings(
+    g: &Global,
+    workers: usize,
+    maps: Option<Arc<MapStore>>,
+) -> anyhow::Result<Option<Settings>> {
     if g.lua_loads.is_empty() {
         return Ok(None);
     }
@@ -147,6 +153,7 @@ pub fn settings(g: &Global, workers: usize) -> anyhow::Result<Option<Settings>> 
         slot_arg: Some(thread_arg),
         // A task sees the globals that actions see, as in HAProxy.
         tasks_share: true,
+        maps,
     }))
 }
 

@@ -77,6 +77,9 @@ pub struct Settings {
     /// Tasks run on the pooled instances, sharing their state, instead of
     /// on an instance of their own (Lua: one state for all, as in HAProxy).
     pub tasks_share: bool,
+    /// The configuration's maps, which the extension may load more of while
+    /// it initialises (Lua's `Map.new`).
+    pub maps: Option<Arc<crate::sample::map::MapStore>>,
 }
 
 impl Settings {
@@ -106,6 +109,7 @@ impl Settings {
             env: Vec::new(),
             slot_arg: None,
             tasks_share: false,
+            maps: None,
             memory,
             instances: l.instances.map_or(workers.max(1), |n| n.max(1) as usize),
             isolation: l.isolation,
@@ -607,27 +611,35 @@ impl Extension for WasmExtension {
     }
 
     fn task<'a>(&'a self, name: &'a str, ctx: TaskCtx) -> BoxFuture<'a, Result<(), ExtError>> {
-        Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + self.settings.timeout;
-            let io = IoCtx::new(&self.settings.allow_connect, AppletSide::None, deadline);
-            let owned = name.to_owned();
-            self.invoke(
-                Point::Task,
-                name,
-                On {
-                    txn: None,
-                    world: Some(ctx.world),
-                    applet: None,
-                },
-                io,
-                move |b, s, id| {
-                    Box::pin(
-                        async move { b.moonbox_ext_guest().call_start_task(s, id, &owned).await },
-                    )
-                },
-            )
-            .await
-            .map(|_| ())
-        })
+        Box::pin(self.run_task(Point::Task, name, ctx))
+    }
+
+    /// An init function runs like a task that must end, under the
+    /// extension's time limit, and may read files as `init` does.
+    fn init<'a>(&'a self, name: &'a str, ctx: TaskCtx) -> BoxFuture<'a, Result<(), ExtError>> {
+        Box::pin(self.run_task(Point::Init, name, ctx))
+    }
+}
+
+impl WasmExtension {
+    async fn run_task(&self, point: Point, name: &str, ctx: TaskCtx) -> Result<(), ExtError> {
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        let io = IoCtx::new(&self.settings.allow_connect, AppletSide::None, deadline);
+        let owned = name.to_owned();
+        self.invoke(
+            point,
+            name,
+            On {
+                txn: None,
+                world: Some(ctx.world),
+                applet: None,
+            },
+            io,
+            move |b, s, id| {
+                Box::pin(async move { b.moonbox_ext_guest().call_start_task(s, id, &owned).await })
+            },
+        )
+        .await
+        .map(|_| ())
     }
 }

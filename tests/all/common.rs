@@ -200,7 +200,7 @@ pub fn load(cfg: &str, registry: Registry) -> std::result::Result<Loaded, config
     config::load_sources(
         &[(PathBuf::from("test.cfg"), cfg.to_string())],
         registry,
-        &mut |_, _| Ok(()),
+        &mut |_, _, _| Ok(()),
     )
 }
 

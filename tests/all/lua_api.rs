@@ -382,10 +382,14 @@ async fn maps_sockets_logs_variables_and_http_rewrites() -> Result<()> {
     let app = Upstream::start("app", Behavior::Echo).await;
     let dir = TempDir::new();
     let map = dir.write("paths.map", "/old /new\n10.0.0.0/8 internal\n");
+    let data = dir.write("data.txt", "from disk\n");
     let script = format!(
         r#"
 core.register_init(function()
-    core.log(core.info, "init ran")
+    local f = io.open("{data}")
+    core.log(core.info, "init ran, frontend fe: " .. tostring(core.frontends["fe"] ~= nil)
+        .. ", file: " .. f:read("*l"))
+    f:close()
 end)
 
 core.register_service("body", "http", function(applet)
@@ -452,6 +456,7 @@ core.register_action("resp", {{ "http-res" }}, function(txn)
 end, 0)
 "#,
         map = map.display(),
+        data = data.display(),
         ip = app.addr.ip(),
         port = app.addr.port()
     );
@@ -460,17 +465,16 @@ end, 0)
         "t.cfg",
         &format!(
             "global\n    lua-load {}\n\ndefaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\n\
-             frontend fe\n    bind 127.0.0.1:0\n    http-request set-var(proc.limit) int(7)\n    http-request set-var(txn.mapped) path,map({})\n    http-request use-service lua.body if {{ path /body }}\n    http-request lua.more\n    http-response lua.resp\n    default_backend app\n\n\
+             frontend fe\n    bind 127.0.0.1:0\n    http-request set-var(proc.limit) int(7)\n    http-request use-service lua.body if {{ path /body }}\n    http-request lua.more\n    http-response lua.resp\n    default_backend app\n\n\
              backend app\n    server s1 {}\n",
             lua.display(),
-            map.display(),
             app.addr
         ),
     );
     let p = ProxyProcess::spawn(&["-f", &cfg.display().to_string()], 1)?;
     let a = p.addrs[0];
     wait_stderr(&p, "the init function", Duration::from_secs(5), |l| {
-        l.contains("init ran")
+        l.contains("init ran, frontend fe: true, file: from disk")
     });
 
     let r = request(a, "GET", "/x?q=0", &[("x-rep", "value-old")], "").await?;
@@ -520,4 +524,26 @@ end, 0)
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "first=line one rest=and the rest len=21");
     Ok(())
+}
+
+#[test]
+fn a_failing_init_function_stops_start_up() {
+    let dir = TempDir::new();
+    let lua = dir.write(
+        "t.lua",
+        "core.register_init(function()\n    error(\"no license key\")\nend)\n",
+    );
+    let cfg = dir.write(
+        "t.cfg",
+        &format!(
+            "global\n    lua-load {}\n\ndefaults\n    mode http\n\nfrontend fe\n    bind 127.0.0.1:0\n    http-request return status 200\n",
+            lua.display()
+        ),
+    );
+    let (code, _out, err) = run(&["-f", &cfg.display().to_string()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("init 'lua.register_init' failed") && err.contains("t.lua:2: no license key"),
+        "{err}"
+    );
 }

@@ -238,7 +238,7 @@ async fn acl_patterns_from_file() -> Result<()> {
             up.addr
         ),
     );
-    let loaded = moonbox::config::load(&[cfg], Registry::new(), &mut |_, _| Ok(()))
+    let loaded = moonbox::config::load(&[cfg], Registry::new(), &mut |_, _, _| Ok(()))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let proxy = moonbox::proxy::Proxy::start(&loaded).await?;
     let a = proxy.local_addrs()[0].1;
@@ -301,7 +301,7 @@ async fn maps_route_and_convert() -> Result<()> {
             up.addr
         ),
     );
-    let loaded = moonbox::config::load(&[cfg], Registry::new(), &mut |_, _| Ok(()))
+    let loaded = moonbox::config::load(&[cfg], Registry::new(), &mut |_, _, _| Ok(()))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let proxy = moonbox::proxy::Proxy::start(&loaded).await?;
     let a = proxy.local_addrs()[0].1;

@@ -634,6 +634,10 @@ fn primitives(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
     mb.set(
+        "map_load",
+        lua.create_function(|_, f: String| host::maps::load(&f).map_err(lua_err))?,
+    )?;
+    mb.set(
         "map_set",
         lua.create_function(|_, (f, k, v): (String, String, String)| {
             host::maps::set(&f, &k, &v).map_err(lua_err)
@@ -908,12 +912,6 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
                 .call::<()>(MultiValue::from_vec(args))
                 .map_err(|e| describe(&e))?;
         }
-        // register_init functions, in order, once every file is loaded.
-        let inits: Function = lua
-            .load("return __mb.run_inits")
-            .eval()
-            .map_err(|e| e.to_string())?;
-        inits.call::<()>(()).map_err(|e| describe(&e))?;
         Ok(())
     })();
     DEADLINE.set(None);
@@ -921,6 +919,25 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
     loaded?;
 
     let setup = Rc::new(setup);
+    // register_init functions run in order, once the proxy is configured,
+    // as one init of the extension.
+    let has_inits: bool = lua
+        .load("return __mb.has_inits()")
+        .eval()
+        .map_err(|e| e.to_string())?;
+    if has_inits {
+        let run: Function = lua
+            .load("return __mb.run_inits")
+            .eval()
+            .map_err(|e| e.to_string())?;
+        let setup = setup.clone();
+        ext.init("register_init", move || {
+            let run = run.clone();
+            limited(setup.session_timeout, async move {
+                run.call_async::<()>(()).await.map_err(|e| describe(&e))
+            })
+        });
+    }
     for reg in REGS.with(|r| std::mem::take(&mut *r.borrow_mut())) {
         match reg {
             Reg::Fetch(name, f) => {

@@ -826,6 +826,21 @@ impl Registrar {
             .insert(name.to_string(), Box::new(move || Box::pin(f())));
         self
     }
+
+    /// A function run once the proxy is configured, before it serves
+    /// (HAProxy's `core.register_init`): proxies and maps are there, files
+    /// are readable, and an error stops start-up. It shares the names of
+    /// tasks.
+    pub fn init<F, Fut>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        F: Fn() -> Fut + 'static,
+        Fut: Future<Output = Result<(), String>> + 'static,
+    {
+        self.regs.push(wit::Registration::Init(name.to_string()));
+        self.tasks
+            .insert(name.to_string(), Box::new(move || Box::pin(f())));
+        self
+    }
 }
 
 // ---------------------------------------------------------------------------

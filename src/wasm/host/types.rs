@@ -127,6 +127,10 @@ pub fn registrations_from_wit(regs: Vec<wit::Registration>) -> Result<Vec<Regist
                     check(&name)?;
                     Registration::Task { name }
                 }
+                wit::Registration::Init(name) => {
+                    check(&name)?;
+                    Registration::Init { name }
+                }
             })
         })
         .collect()
