@@ -119,6 +119,23 @@ impl Txn {
         t
     }
 
+    /// A copy of what rules read (variables, request, response), without
+    /// the extensions' private data: what response rules run on while a
+    /// service owns the transaction.
+    pub fn snapshot(&self) -> Txn {
+        let mut t = self.placeholder();
+        t.backend = self.backend.clone();
+        t.server = self.server.clone();
+        t.vars_txn = self.vars_txn.clone();
+        t.vars_req = self.vars_req.clone();
+        t.vars_res = self.vars_res.clone();
+        t.req = self.req.clone();
+        t.req_body = self.req_body.clone();
+        t.res = self.res.clone();
+        t.service = self.service.clone();
+        t
+    }
+
     fn empty(
         world: Arc<World>,
         sess: Arc<Session>,

@@ -189,7 +189,9 @@ core.register_action("teapot", { "http-req" }, function(txn)
 end, 0)
 "#;
     let rules = "    http-request use-service lua.hello if { path_beg /svc }\n\
-    http-request lua.teapot if { path /tea }\n";
+    http-request lua.teapot if { path /tea }\n\
+    http-response set-header X-Resp yes\n\
+    http-after-response set-header X-After yes\n";
     let pairs = both(
         script,
         rules,
@@ -199,9 +201,13 @@ end, 0)
         ],
     )
     .await?;
-    assert_same(&pairs, &["content-type", "content-length"]);
+    assert_same(
+        &pairs,
+        &["content-type", "content-length", "x-resp", "x-after"],
+    );
     let (_, m) = &pairs[0];
     assert_eq!(m.status, 202);
+    assert_eq!(m.header("x-resp").as_deref(), Some("yes"));
     assert_eq!(m.body, "method=GET path=/svc/x qs=a=1&b=2 agent=tester/1\n");
     Ok(())
 }

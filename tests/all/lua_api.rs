@@ -520,8 +520,9 @@ end, 0)
         l.contains("core warning line")
     });
 
+    // Response rules apply to a service's response too, as in HAProxy.
     let r = request(a, "POST", "/body", &[], "line one\nand the rest").await?;
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 203);
     assert_eq!(r.body, "first=line one rest=and the rest len=21");
     Ok(())
 }
