@@ -232,6 +232,9 @@ core.register_action("types", { "http-req" }, function(txn)
     txn.http:req_set_header("X-Missing-F", tostring(txn.f:req_hdr("x-nope")))
     txn.http:req_set_header("X-Int-Type", math.type(txn.f:int(7)))
     txn:set_var("txn.from_nil", nil)
+    -- `ifexist` on a name the configuration never uses.
+    txn:set_var("txn.unknown", "u", true)
+    txn.http:req_set_header("X-Ifexist", tostring(txn:get_var("txn.unknown")))
     txn.http:req_set_header("X-Headers-Base", tostring(txn.http:req_get_headers()["x-two"][1]))
 end, 0)
 "#;
@@ -262,6 +265,7 @@ end, 0)
         "x-echo-x-true",
         "x-echo-x-float",
         "x-echo-x-from-nil",
+        "x-echo-x-ifexist",
     ];
     for (h, m) in &pairs {
         for n in names {
