@@ -50,6 +50,9 @@ pub struct Global {
     pub lua_loads: Vec<LuaLoad>,
     /// `lua-prepend-path PATH [path|cpath]`, in order of appearance.
     pub lua_prepend_path: Vec<(String, String)>,
+    /// `lua-allow-read DIR...`: more folders whose files scripts may read
+    /// while they load and in init functions (their own folder always).
+    pub lua_allow_read: Vec<std::path::PathBuf>,
     /// `setenv NAME VALUE` (also applied to the process environment).
     pub setenv: Vec<(String, String)>,
     /// `tune.*` settings by name, with where they were set.

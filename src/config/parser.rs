@@ -442,6 +442,17 @@ fn global_directive(
             }
             g.lua_prepend_path.push((path.clone(), kind.to_string()));
         }
+        "lua-allow-read" => {
+            if w.len() < 2 {
+                return Err(
+                    "'lua-allow-read' expects folders, expected 'lua-allow-read DIR [DIR...]'"
+                        .into(),
+                );
+            }
+            for d in &w[1..] {
+                g.lua_allow_read.push(resolve_path(base_dir, d));
+            }
+        }
         "setenv" | "presetenv" => {
             let (name, value) = match w {
                 [_, n, v] => (n, v),
@@ -474,7 +485,7 @@ fn global_directive(
         }
         _ => {
             return Err(format!(
-                "unknown keyword '{kw}' in 'global' section, expected one of nbthread, maxconn, lua-load, lua-load-per-thread, lua-prepend-path, ext-load, setenv, log, tune.*"
+                "unknown keyword '{kw}' in 'global' section, expected one of nbthread, maxconn, lua-load, lua-load-per-thread, lua-prepend-path, lua-allow-read, ext-load, setenv, log, tune.*"
             ));
         }
     }

@@ -83,6 +83,11 @@ pub fn settings(
             }
         }
     }
+    for d in &g.lua_allow_read {
+        let d = std::fs::canonicalize(d)
+            .with_context(|| format!("lua-allow-read: {}: cannot open", d.display()))?;
+        add_dir(&d);
+    }
     let session = tune_ms(g, "tune.lua.session-timeout", Duration::from_secs(4))?;
     let service = tune_ms(g, "tune.lua.service-timeout", Duration::from_secs(4))?;
     let task = tune_ms(g, "tune.lua.task-timeout", Duration::from_secs(4))?;

@@ -456,3 +456,30 @@ end, 0)
     assert_eq!(r.header("x-echo-x-side-len").as_deref(), Some("4"));
     Ok(())
 }
+
+#[tokio::test]
+async fn lua_allow_read_grants_more_folders() -> Result<()> {
+    let data = TempDir::new();
+    let file = data.write("keys.txt", "secret-key\n");
+    let script = format!(
+        r#"
+local f = io.open("{f}")
+local key = f and f:read("*l") or "refused"
+if f then f:close() end
+core.register_fetches("key", function(txn) return key end)
+"#,
+        f = file.display()
+    );
+    let rules =
+        "    http-request return status 200 content-type text/plain lf-string \"%[lua.key]\"\n";
+    // Outside the script's folder: refused.
+    let (_d, cfg) = lua_setup(&script, "", rules);
+    let p = ProxyProcess::spawn(&["-f", &cfg], 1)?;
+    assert_eq!(get(p.addrs[0], "/").await?.body, "refused");
+    // Granted by the configuration.
+    let grant = format!("    lua-allow-read {}\n", data.0.display());
+    let (_d2, cfg2) = lua_setup(&script, &grant, rules);
+    let p2 = ProxyProcess::spawn(&["-f", &cfg2], 1)?;
+    assert_eq!(get(p2.addrs[0], "/").await?.body, "secret-key");
+    Ok(())
+}
