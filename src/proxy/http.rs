@@ -3,7 +3,6 @@
 //! pooled upstream client, response rules, the access log.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -135,7 +134,7 @@ pub async fn handle(
     parts.uri = req.uri.clone();
     parts.version = req.version;
     parts.headers = std::mem::take(&mut req.headers);
-    prepare_upstream_request(&mut parts, &fe, &txn, srv.addr);
+    prepare_upstream_request(&mut parts, &fe, &txn);
     let up_body: Body = match (txn.req_body.clone(), body.take()) {
         (Some(b), _) => Full::new(b)
             .map_err(|e: Infallible| -> BoxError { match e {} })
@@ -208,12 +207,7 @@ pub async fn handle(
     Ok(respond(txn, rbody, info, request_line, Some(guards)).await)
 }
 
-fn prepare_upstream_request(
-    parts: &mut http::request::Parts,
-    fe: &ProxyRt,
-    txn: &Txn,
-    addr: SocketAddr,
-) {
+fn prepare_upstream_request(parts: &mut http::request::Parts, fe: &ProxyRt, txn: &Txn) {
     // Host: keep the client's; h2 requests carry it in the URI authority.
     if !parts.headers.contains_key(header::HOST)
         && let Some(a) = parts.uri.authority()
@@ -235,7 +229,9 @@ fn prepare_upstream_request(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let pq = if pq.is_empty() { "/" } else { pq };
-    if let Ok(u) = format!("http://{addr}{pq}").parse::<Uri>() {
+    // Origin form (`GET /path?q HTTP/1.1`), as HAProxy sends it: not every
+    // server takes the absolute form.
+    if let Ok(u) = pq.parse::<Uri>() {
         parts.uri = u;
     }
     parts.version = Version::HTTP_11;

@@ -38,6 +38,29 @@ async fn forwards_requests_and_bodies() -> Result<()> {
 }
 
 #[tokio::test]
+async fn requests_reach_the_server_in_origin_form() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A bare server that records the request line it reads.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let up = l.local_addr()?;
+    let seen = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.ok()?;
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.ok()?;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        head.lines().next().map(str::to_string)
+    });
+    let p = start(&cfg(&up.to_string(), "", ""), Registry::new()).await?;
+    let r = get(p.addr("fe"), "/some/path?q=1").await?;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    assert_eq!(seen.await?.as_deref(), Some("GET /some/path?q=1 HTTP/1.1"));
+    Ok(())
+}
+
+#[tokio::test]
 async fn keep_alive_reuses_client_and_server_connections() -> Result<()> {
     let up = Upstream::start("up1", Behavior::Echo).await;
     let p = start(&cfg(&up.addr.to_string(), "", ""), Registry::new()).await?;
