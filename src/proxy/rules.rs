@@ -189,7 +189,14 @@ async fn apply(rule: &Rule, facility: Facility, txn: &mut Txn) -> Step {
             return match verdict {
                 Verdict::Continue => Step::Next,
                 Verdict::Stop => Step::StopList,
-                Verdict::Done | Verdict::Abort => Step::End(Flow::Close),
+                // As HAProxy: DONE ends the rules and the transaction goes
+                // on; ABORT closes a TCP stream, and an HTTP request gets
+                // a 503.
+                Verdict::Done => Step::StopList,
+                Verdict::Abort if *facility == Facility::HttpReq => {
+                    Step::End(Flow::Reply(error_reply(503)))
+                }
+                Verdict::Abort => Step::End(Flow::Close),
                 Verdict::Deny => Step::End(Flow::Reply(error_reply(if res { 502 } else { 403 }))),
                 Verdict::Error => Step::End(Flow::Reply(error_reply(500))),
                 Verdict::Invalid => Step::End(Flow::Reply(error_reply(400))),

@@ -278,3 +278,35 @@ end, 0)
     assert_eq!(m.header("x-echo-x-nothing").as_deref(), Some(""));
     Ok(())
 }
+
+#[tokio::test]
+async fn action_verdicts_behave_as_in_haproxy() -> Result<()> {
+    let script = r#"
+core.register_action("verdict", { "http-req" }, function(txn)
+    local v = txn.sf:req_hdr("x-verdict")
+    if v == "deny" then return act.DENY end
+    if v == "error" then return act.ERROR end
+    if v == "invalid" then return act.INVALID end
+    if v == "stop" then return act.STOP end
+    if v == "done" then return act.DONE end
+    if v == "abort" then return act.ABORT end
+    return act.CONTINUE
+end, 0)
+"#;
+    // A rule after the action tells whether the rules went on.
+    let rules = "    http-request lua.verdict\n    http-request set-header X-After yes\n";
+    let verdicts = [
+        "continue", "deny", "error", "invalid", "stop", "done", "abort",
+    ];
+    let requests: Vec<(&str, Vec<(&str, &str)>)> = verdicts
+        .iter()
+        .map(|v| ("/", vec![("x-verdict", *v)]))
+        .collect();
+    let requests: Vec<(&str, &[(&str, &str)])> =
+        requests.iter().map(|(p, h)| (*p, h.as_slice())).collect();
+    let pairs = both(script, rules, &requests).await?;
+    assert_same(&pairs, &["x-echo-x-after"]);
+    let statuses: Vec<u16> = pairs.iter().map(|(_, m)| m.status).collect();
+    assert_eq!(statuses, [200, 403, 500, 400, 200, 200, 503]);
+    Ok(())
+}
