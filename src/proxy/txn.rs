@@ -61,7 +61,13 @@ pub struct Reply {
 }
 
 /// One transaction. Fetches read it; actions and extensions change it.
-pub struct Txn {
+///
+/// Boxed, so that lending it to an extension's store for a call (a swap)
+/// moves a pointer, not the whole transaction.
+pub struct Txn(Box<TxnData>);
+
+/// What a transaction holds (reached through [`Txn`]'s `Deref`).
+pub struct TxnData {
     pub world: Arc<World>,
     pub sess: Arc<Session>,
     pub frontend: Arc<ProxyRt>,
@@ -97,6 +103,19 @@ pub struct Txn {
     pub started_at: SystemTime,
     /// Unique id (`unique-id` / `uuid` in logs).
     pub id: u64,
+}
+
+impl std::ops::Deref for Txn {
+    type Target = TxnData;
+    fn deref(&self) -> &TxnData {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Txn {
+    fn deref_mut(&mut self) -> &mut TxnData {
+        &mut self.0
+    }
 }
 
 impl Txn {
@@ -144,7 +163,7 @@ impl Txn {
         started: Instant,
         started_at: SystemTime,
     ) -> Txn {
-        Txn {
+        Txn(Box::new(TxnData {
             world,
             sess,
             frontend,
@@ -167,7 +186,7 @@ impl Txn {
             started,
             started_at,
             id,
-        }
+        }))
     }
 
     /// Reads a variable of any scope.

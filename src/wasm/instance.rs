@@ -20,7 +20,7 @@ use crate::proxy::state::World;
 use crate::proxy::txn::Txn;
 
 /// What the host knows about the invocation being run, for the imports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Point {
     Init,
     Fetch,

@@ -11,6 +11,7 @@
 //! This module knows nothing of HTTP routing; the proxy calls it only
 //! through [`crate::ext::Extension`].
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -127,6 +128,9 @@ pub struct WasmExtension {
     pre: ExtensionPre<Ctx>,
     settings: Settings,
     regs: Vec<Registration>,
+    /// Each registration's position in the guest's list, by extension point
+    /// and name (the later of two with the same name).
+    index: HashMap<Point, HashMap<String, u32>>,
     /// Pooled instances; a dead one is replaced on its next use.
     slots: Vec<Mutex<Arc<Inst>>>,
     next: AtomicUsize,
@@ -177,10 +181,23 @@ impl WasmExtension {
             pre,
             settings,
             regs: Vec::new(),
+            index: HashMap::new(),
             slots: Vec::new(),
             next: AtomicUsize::new(0),
         };
         let (first, regs) = ext.instantiate(0)?;
+        for (i, r) in regs.iter().enumerate() {
+            let (point, name) = match r {
+                Registration::Fetch { name } => (Point::Fetch, name),
+                Registration::Converter { name } => (Point::Converter, name),
+                Registration::Action { name, .. } => (Point::Action, name),
+                Registration::Service { name, .. } => (Point::Service, name),
+                Registration::Task { name } => (Point::Task, name),
+                Registration::Init { name } => (Point::Init, name),
+            };
+            let i = u32::try_from(i).context("too many registrations")?;
+            ext.index.entry(point).or_default().insert(name.clone(), i);
+        }
         ext.regs = regs;
         let first = Arc::new(first);
         ext.slots.push(Mutex::new(first));
@@ -191,6 +208,15 @@ impl WasmExtension {
             }
         }
         Ok(ext)
+    }
+
+    /// The guest's number for the registration `name` of `point`.
+    fn registration(&self, point: Point, name: &str) -> Result<u32, ExtError> {
+        self.index
+            .get(&point)
+            .and_then(|m| m.get(name))
+            .copied()
+            .ok_or_else(|| ExtError::Failed(format!("no {} '{name}'", point.name())))
     }
 
     /// The budget of a call that cannot wait (init, fetch, converter).
@@ -317,18 +343,14 @@ impl WasmExtension {
     ) -> Result<(), ExtError> {
         let deadline = tokio::time::Instant::now() + self.settings.timeout;
         let io = IoCtx::new(&self.settings.allow_connect, side, deadline);
-        let owned = name.to_owned();
+        let index = self.registration(Point::Service, name)?;
         let on = On {
             txn: Some(txn),
             world: None,
             applet: request,
         };
         self.invoke(Point::Service, name, on, io, move |b, s, id| {
-            Box::pin(async move {
-                b.moonbox_ext_guest()
-                    .call_start_service(s, id, &owned)
-                    .await
-            })
+            Box::pin(async move { b.moonbox_ext_guest().call_start_service(s, id, index).await })
         })
         .await
         .map(|_| ())
@@ -504,6 +526,7 @@ impl Extension for WasmExtension {
         txn: &mut Txn,
         args: &[Sample],
     ) -> Result<Option<Sample>, ExtError> {
+        let index = self.registration(Point::Fetch, name)?;
         let (inst, src) = self.pick(Point::Fetch, Some(txn))?;
         let args: Vec<_> = args.iter().cloned().map(sample_to_wit).collect();
         let called = inst.call(
@@ -513,7 +536,7 @@ impl Extension for WasmExtension {
             None,
             &self.budget(),
             move |b, s, _| {
-                Box::pin(async move { b.moonbox_ext_guest().call_fetch(s, name, &args).await })
+                Box::pin(async move { b.moonbox_ext_guest().call_fetch(s, index, &args).await })
             },
         );
         match called.result {
@@ -531,6 +554,7 @@ impl Extension for WasmExtension {
         input: Sample,
         args: &[Sample],
     ) -> Result<Option<Sample>, ExtError> {
+        let index = self.registration(Point::Converter, name)?;
         let (inst, src) = self.pick(Point::Converter, Some(txn))?;
         let input = sample_to_wit(input);
         let args: Vec<_> = args.iter().cloned().map(sample_to_wit).collect();
@@ -543,7 +567,7 @@ impl Extension for WasmExtension {
             move |b, s, _| {
                 Box::pin(async move {
                     b.moonbox_ext_guest()
-                        .call_convert(s, name, &input, &args)
+                        .call_convert(s, index, &input, &args)
                         .await
                 })
             },
@@ -567,7 +591,8 @@ impl Extension for WasmExtension {
             let deadline = tokio::time::Instant::now() + self.settings.timeout;
             let io = IoCtx::new(&self.settings.allow_connect, AppletSide::None, deadline);
             let fac = facility_to_wit(facility);
-            let (owned, args) = (name.to_owned(), args.to_vec());
+            let index = self.registration(Point::Action, name)?;
+            let args = args.to_vec();
             let v = self
                 .invoke(
                     Point::Action,
@@ -581,7 +606,7 @@ impl Extension for WasmExtension {
                     move |b, s, id| {
                         Box::pin(async move {
                             b.moonbox_ext_guest()
-                                .call_start_action(s, id, &owned, fac, &args)
+                                .call_start_action(s, id, index, fac, &args)
                                 .await
                         })
                     },
@@ -625,7 +650,7 @@ impl WasmExtension {
     async fn run_task(&self, point: Point, name: &str, ctx: TaskCtx) -> Result<(), ExtError> {
         let deadline = tokio::time::Instant::now() + self.settings.timeout;
         let io = IoCtx::new(&self.settings.allow_connect, AppletSide::None, deadline);
-        let owned = name.to_owned();
+        let index = self.registration(point, name)?;
         self.invoke(
             point,
             name,
@@ -636,7 +661,7 @@ impl WasmExtension {
             },
             io,
             move |b, s, id| {
-                Box::pin(async move { b.moonbox_ext_guest().call_start_task(s, id, &owned).await })
+                Box::pin(async move { b.moonbox_ext_guest().call_start_task(s, id, index).await })
             },
         )
         .await

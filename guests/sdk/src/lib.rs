@@ -725,16 +725,22 @@ enum Service {
     Tcp(TcpServiceFn),
 }
 
+/// What a registration runs.
+enum Handler {
+    Fetch(FetchFn),
+    Conv(ConvFn),
+    Action(ActionFn),
+    Service(Service),
+    Task(TaskFn),
+}
+
 /// What `init` registers. Names are used in the configuration as
-/// `NS.NAME`, NS being the extension's namespace.
+/// `NS.NAME`, NS being the extension's namespace. The host calls a
+/// registration by its position in the list `init` returns.
 #[derive(Default)]
 pub struct Registrar {
     regs: Vec<wit::Registration>,
-    fetches: HashMap<String, FetchFn>,
-    convs: HashMap<String, ConvFn>,
-    actions: HashMap<String, ActionFn>,
-    services: HashMap<String, Service>,
-    tasks: HashMap<String, TaskFn>,
+    handlers: Vec<Handler>,
 }
 
 impl Registrar {
@@ -745,7 +751,7 @@ impl Registrar {
         f: impl Fn(Txn, &[Sample]) -> Result<Option<Sample>, String> + 'static,
     ) -> &mut Self {
         self.regs.push(wit::Registration::Fetch(name.to_string()));
-        self.fetches.insert(name.to_string(), Box::new(f));
+        self.handlers.push(Handler::Fetch(Box::new(f)));
         self
     }
 
@@ -757,7 +763,7 @@ impl Registrar {
     ) -> &mut Self {
         self.regs
             .push(wit::Registration::Converter(name.to_string()));
-        self.convs.insert(name.to_string(), Box::new(f));
+        self.handlers.push(Handler::Conv(Box::new(f)));
         self
     }
 
@@ -780,8 +786,8 @@ impl Registrar {
                 facilities: facilities.to_vec(),
                 nargs,
             }));
-        self.actions
-            .insert(name.to_string(), Box::new(move |t, a| Box::pin(f(t, a))));
+        self.handlers
+            .push(Handler::Action(Box::new(move |t, a| Box::pin(f(t, a)))));
         self
     }
 
@@ -811,7 +817,7 @@ impl Registrar {
                 name: name.to_string(),
                 mode,
             }));
-        self.services.insert(name.to_string(), f);
+        self.handlers.push(Handler::Service(f));
         self
     }
 
@@ -822,8 +828,8 @@ impl Registrar {
         Fut: Future<Output = Result<(), String>> + 'static,
     {
         self.regs.push(wit::Registration::Task(name.to_string()));
-        self.tasks
-            .insert(name.to_string(), Box::new(move || Box::pin(f())));
+        self.handlers
+            .push(Handler::Task(Box::new(move || Box::pin(f()))));
         self
     }
 
@@ -837,8 +843,8 @@ impl Registrar {
         Fut: Future<Output = Result<(), String>> + 'static,
     {
         self.regs.push(wit::Registration::Init(name.to_string()));
-        self.tasks
-            .insert(name.to_string(), Box::new(move || Box::pin(f())));
+        self.handlers
+            .push(Handler::Task(Box::new(move || Box::pin(f()))));
         self
     }
 }
@@ -887,26 +893,33 @@ pub mod rt {
         Ok(regs)
     }
 
-    pub fn fetch(name: String, args: Vec<Sample>) -> Result<Option<Sample>, String> {
+    /// The handler of registration `index`.
+    fn handler(index: u32) -> Result<std::rc::Rc<Registrar>, String> {
         let r = registrar().ok_or("not initialised")?;
-        let f = r
-            .fetches
-            .get(&name)
-            .ok_or_else(|| format!("no fetch '{name}'"))?;
-        f(Txn::default(), &args)
+        if r.handlers.get(index as usize).is_none() {
+            return Err(format!("no registration {index}"));
+        }
+        Ok(r)
     }
 
-    pub fn convert(
-        name: String,
-        input: Sample,
-        args: Vec<Sample>,
-    ) -> Result<Option<Sample>, String> {
-        let r = registrar().ok_or("not initialised")?;
-        let f = r
-            .convs
-            .get(&name)
-            .ok_or_else(|| format!("no converter '{name}'"))?;
-        f(Txn::default(), input, &args)
+    fn not_a(what: &str, index: u32) -> String {
+        format!("registration {index} is not a {what}")
+    }
+
+    pub fn fetch(index: u32, args: Vec<Sample>) -> Result<Option<Sample>, String> {
+        let r = handler(index)?;
+        match &r.handlers[index as usize] {
+            Handler::Fetch(f) => f(Txn::default(), &args),
+            _ => Err(not_a("fetch", index)),
+        }
+    }
+
+    pub fn convert(index: u32, input: Sample, args: Vec<Sample>) -> Result<Option<Sample>, String> {
+        let r = handler(index)?;
+        match &r.handlers[index as usize] {
+            Handler::Conv(f) => f(Txn::default(), input, &args),
+            _ => Err(not_a("converter", index)),
+        }
     }
 
     fn start(id: u64, fut: Result<LocalFuture<Result<End, String>>, String>) -> Step {
@@ -919,50 +932,40 @@ pub mod rt {
         }
     }
 
-    pub fn start_action(id: u64, name: String, _facility: Facility, args: Vec<String>) -> Step {
-        let fut = registrar()
-            .ok_or_else(|| "not initialised".to_string())
-            .and_then(|r| {
-                let f = r
-                    .actions
-                    .get(&name)
-                    .ok_or_else(|| format!("no action '{name}'"))?;
+    pub fn start_action(id: u64, index: u32, _facility: Facility, args: Vec<String>) -> Step {
+        let fut = handler(index).and_then(|r| match &r.handlers[index as usize] {
+            Handler::Action(f) => {
                 let fut = f(Txn::default(), args);
                 Ok(Box::pin(async move { fut.await.map(End::Verdict) }) as LocalFuture<_>)
-            });
+            }
+            _ => Err(not_a("action", index)),
+        });
         start(id, fut)
     }
 
-    pub fn start_service(id: u64, name: String) -> Step {
-        let fut = registrar()
-            .ok_or_else(|| "not initialised".to_string())
-            .and_then(|r| match r.services.get(&name) {
-                Some(Service::Http(f)) => {
-                    let fut = f(Txn::default(), HttpApplet::current());
-                    Ok(Box::pin(async move { fut.await.map(|()| End::Finished) })
-                        as LocalFuture<_>)
-                }
-                Some(Service::Tcp(f)) => {
-                    let fut = f(Txn::default(), TcpApplet::default());
-                    Ok(Box::pin(async move { fut.await.map(|()| End::Finished) })
-                        as LocalFuture<_>)
-                }
-                None => Err(format!("no service '{name}'")),
-            });
+    pub fn start_service(id: u64, index: u32) -> Step {
+        let fut = handler(index).and_then(|r| match &r.handlers[index as usize] {
+            Handler::Service(Service::Http(f)) => {
+                let fut = f(Txn::default(), HttpApplet::current());
+                Ok(Box::pin(async move { fut.await.map(|()| End::Finished) }) as LocalFuture<_>)
+            }
+            Handler::Service(Service::Tcp(f)) => {
+                let fut = f(Txn::default(), TcpApplet::default());
+                Ok(Box::pin(async move { fut.await.map(|()| End::Finished) }) as LocalFuture<_>)
+            }
+            _ => Err(not_a("service", index)),
+        });
         start(id, fut)
     }
 
-    pub fn start_task(id: u64, name: String) -> Step {
-        let fut = registrar()
-            .ok_or_else(|| "not initialised".to_string())
-            .and_then(|r| {
-                let f = r
-                    .tasks
-                    .get(&name)
-                    .ok_or_else(|| format!("no task '{name}'"))?;
+    pub fn start_task(id: u64, index: u32) -> Step {
+        let fut = handler(index).and_then(|r| match &r.handlers[index as usize] {
+            Handler::Task(f) => {
                 let fut = f();
                 Ok(Box::pin(async move { fut.await.map(|()| End::Finished) }) as LocalFuture<_>)
-            });
+            }
+            _ => Err(not_a("task", index)),
+        });
         start(id, fut)
     }
 
@@ -1027,33 +1030,33 @@ macro_rules! export {
                 $crate::rt::init($init, args)
             }
             fn fetch(
-                name: ::std::string::String,
+                registration: u32,
                 args: ::std::vec::Vec<$crate::Sample>,
             ) -> ::std::result::Result<::std::option::Option<$crate::Sample>, ::std::string::String>
             {
-                $crate::rt::fetch(name, args)
+                $crate::rt::fetch(registration, args)
             }
             fn convert(
-                name: ::std::string::String,
+                registration: u32,
                 input: $crate::Sample,
                 args: ::std::vec::Vec<$crate::Sample>,
             ) -> ::std::result::Result<::std::option::Option<$crate::Sample>, ::std::string::String>
             {
-                $crate::rt::convert(name, input, args)
+                $crate::rt::convert(registration, input, args)
             }
             fn start_action(
                 id: u64,
-                name: ::std::string::String,
+                registration: u32,
                 facility: $crate::Facility,
                 args: ::std::vec::Vec<::std::string::String>,
             ) -> $crate::rt::Step {
-                $crate::rt::start_action(id, name, facility, args)
+                $crate::rt::start_action(id, registration, facility, args)
             }
-            fn start_service(id: u64, name: ::std::string::String) -> $crate::rt::Step {
-                $crate::rt::start_service(id, name)
+            fn start_service(id: u64, registration: u32) -> $crate::rt::Step {
+                $crate::rt::start_service(id, registration)
             }
-            fn start_task(id: u64, name: ::std::string::String) -> $crate::rt::Step {
-                $crate::rt::start_task(id, name)
+            fn start_task(id: u64, registration: u32) -> $crate::rt::Step {
+                $crate::rt::start_task(id, registration)
             }
             fn resume(
                 id: u64,
