@@ -8,6 +8,9 @@ fn main() {
     if !target.starts_with("wasm32") {
         return;
     }
+    // Lua's C code recurses (the parser, pcall chains): 1 MiB of stack, not
+    // the 128 KiB the other guests link with.
+    println!("cargo:rustc-link-arg=-zstack-size=1048576");
     cc::Build::new()
         .file("wasm-sjlj/rt.c")
         .flag("-mexception-handling")

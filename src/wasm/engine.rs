@@ -53,7 +53,13 @@ impl Runtime {
             .max_tables_per_component(16)
             // Keep fiber stacks mapped between calls: faulting them back
             // in costs more than a short call itself.
-            .async_stack_keep_resident(256 << 10);
+            .async_stack_keep_resident(256 << 10)
+            // Zero the first pages of a freed memory (a small guest's stack
+            // top and data, see guests/.cargo/config.toml) and of its
+            // tables rather than unmapping them: a fresh per-request
+            // instance would fault each page back in.
+            .linear_memory_keep_resident(192 << 10)
+            .table_keep_resident(64 << 10);
         let mut config = Config::new();
         // `MOONBOX_WASM_PROFILER=perfmap` names guest functions for `perf`.
         if std::env::var("MOONBOX_WASM_PROFILER").as_deref() == Ok("perfmap") {
