@@ -696,38 +696,21 @@ function Channel:line(off, len)
     local nl = chunk:find("\n", 1, true)
     return nl and chunk:sub(1, nl) or chunk
 end
-function Channel:set(str, off, len)
-    local data = tcp_only(self, "set")
+-- Replaces bytes [first, last) of the waiting data with `str`.
+local function splice(self, what, str, off, len, at_end)
+    local data = tcp_only(self, what)
     str = tostring(str)
-    local first, last = span(data, off, len)
+    local first, last
+    if at_end then first, last = #data, #data else first, last = span(data, off, len) end
     mb.channel_set(self._res, data:sub(1, first) .. str .. data:sub(last + 1))
-    return #str
+    return #str, last - first
 end
-function Channel:remove(off, len)
-    local data = tcp_only(self, "remove")
-    local first, last = span(data, off, len)
-    mb.channel_set(self._res, data:sub(1, first) .. data:sub(last + 1))
-    return last - first
-end
-function Channel:append(str)
-    local data = tcp_only(self, "append")
-    str = tostring(str)
-    mb.channel_set(self._res, data .. str)
-    return #str
-end
-function Channel:prepend(str)
-    local data = tcp_only(self, "prepend")
-    str = tostring(str)
-    mb.channel_set(self._res, str .. data)
-    return #str
-end
-function Channel:insert(str, off)
-    local data = tcp_only(self, "insert")
-    str = tostring(str)
-    local first = span(data, off, 0)
-    mb.channel_set(self._res, data:sub(1, first) .. str .. data:sub(first + 1))
-    return #str
-end
+
+function Channel:set(str, off, len) return (splice(self, "set", str, off, len)) end
+function Channel:remove(off, len) return select(2, splice(self, "remove", "", off, len)) end
+function Channel:append(str) return (splice(self, "append", str, nil, nil, true)) end
+function Channel:prepend(str) return (splice(self, "prepend", str, 0, 0)) end
+function Channel:insert(str, off) return (splice(self, "insert", str, off, 0)) end
 function Channel:send(str)
     tcp_only(self, "send")
     str = tostring(str)

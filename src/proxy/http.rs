@@ -421,8 +421,12 @@ async fn run_service(
         return finish_reply(txn, error_reply(500), info, request_line, None).await;
     };
     // The frontend's response rules run on the service's response head, as
-    // in HAProxy, over a copy of the transaction (the service owns it).
-    let mut view = txn.snapshot();
+    // in HAProxy, over a copy of the transaction (the service owns it); the
+    // copy is made only when there are such rules.
+    let fe = txn.frontend.clone();
+    let mut view = (!fe.config.http_response.is_empty()
+        || !fe.config.http_after_response.is_empty())
+    .then(|| txn.snapshot());
     let task = tokio::spawn(async move {
         let r = svc.ext.http_service(&svc.name, &mut txn, &mut applet).await;
         if let Err(e) = &r {
@@ -449,27 +453,30 @@ async fn run_service(
                 Ok(r) => r.into_parts().0,
                 Err(_) => Response::new(()).into_parts().0,
             };
-            view.phase = Phase::Response;
-            view.res = Some(parts);
-            let fe = view.frontend.clone();
-            if let Flow::Reply(r) =
-                rules::run(&fe.config.http_response, Facility::HttpRes, &mut view).await
-            {
-                // A rule answers instead of the service.
-                task.abort();
-                info.term = *b"PH--";
-                return finish_reply(view, r, info, request_line, None).await;
-            }
-            let _ = rules::run(
-                &fe.config.http_after_response,
-                Facility::HttpAfterRes,
-                &mut view,
-            )
-            .await;
-            let parts = view
-                .res
-                .take()
-                .unwrap_or_else(|| Response::new(()).into_parts().0);
+            let parts = match view.take() {
+                None => parts,
+                Some(mut view) => {
+                    view.phase = Phase::Response;
+                    view.res = Some(parts);
+                    if let Flow::Reply(r) =
+                        rules::run(&fe.config.http_response, Facility::HttpRes, &mut view).await
+                    {
+                        // A rule answers instead of the service.
+                        task.abort();
+                        info.term = *b"PH--";
+                        return finish_reply(view, r, info, request_line, None).await;
+                    }
+                    let _ = rules::run(
+                        &fe.config.http_after_response,
+                        Facility::HttpAfterRes,
+                        &mut view,
+                    )
+                    .await;
+                    view.res
+                        .take()
+                        .unwrap_or_else(|| Response::new(()).into_parts().0)
+                }
+            };
             let body: Body = ChannelBody { rx: body_rx }.boxed();
             respond_service(parts, body, info, request_line, task).await
         }

@@ -744,15 +744,22 @@ pub struct Registrar {
 }
 
 impl Registrar {
+    fn add(&mut self, reg: wit::Registration, handler: Handler) -> &mut Self {
+        self.regs.push(reg);
+        self.handlers.push(handler);
+        self
+    }
+
     /// A sample fetch. It cannot wait.
     pub fn fetch(
         &mut self,
         name: &str,
         f: impl Fn(Txn, &[Sample]) -> Result<Option<Sample>, String> + 'static,
     ) -> &mut Self {
-        self.regs.push(wit::Registration::Fetch(name.to_string()));
-        self.handlers.push(Handler::Fetch(Box::new(f)));
-        self
+        self.add(
+            wit::Registration::Fetch(name.to_string()),
+            Handler::Fetch(Box::new(f)),
+        )
     }
 
     /// A converter. It cannot wait.
@@ -761,10 +768,10 @@ impl Registrar {
         name: &str,
         f: impl Fn(Txn, Sample, &[Sample]) -> Result<Option<Sample>, String> + 'static,
     ) -> &mut Self {
-        self.regs
-            .push(wit::Registration::Converter(name.to_string()));
-        self.handlers.push(Handler::Conv(Box::new(f)));
-        self
+        self.add(
+            wit::Registration::Converter(name.to_string()),
+            Handler::Conv(Box::new(f)),
+        )
     }
 
     /// An action for the given facilities, taking `nargs` arguments from the
@@ -780,15 +787,14 @@ impl Registrar {
         F: Fn(Txn, Vec<String>) -> Fut + 'static,
         Fut: Future<Output = Result<Verdict, String>> + 'static,
     {
-        self.regs
-            .push(wit::Registration::Action(wit::ActionRegistration {
+        self.add(
+            wit::Registration::Action(wit::ActionRegistration {
                 name: name.to_string(),
                 facilities: facilities.to_vec(),
                 nargs,
-            }));
-        self.handlers
-            .push(Handler::Action(Box::new(move |t, a| Box::pin(f(t, a)))));
-        self
+            }),
+            Handler::Action(Box::new(move |t, a| Box::pin(f(t, a)))),
+        )
     }
 
     /// An HTTP service (`http-request use-service NS.NAME`).
@@ -812,13 +818,13 @@ impl Registrar {
     }
 
     fn service(&mut self, name: &str, mode: wit::ServiceMode, f: Service) -> &mut Self {
-        self.regs
-            .push(wit::Registration::Service(wit::ServiceRegistration {
+        self.add(
+            wit::Registration::Service(wit::ServiceRegistration {
                 name: name.to_string(),
                 mode,
-            }));
-        self.handlers.push(Handler::Service(f));
-        self
+            }),
+            Handler::Service(f),
+        )
     }
 
     /// A background task, started with the proxy.
@@ -827,10 +833,10 @@ impl Registrar {
         F: Fn() -> Fut + 'static,
         Fut: Future<Output = Result<(), String>> + 'static,
     {
-        self.regs.push(wit::Registration::Task(name.to_string()));
-        self.handlers
-            .push(Handler::Task(Box::new(move || Box::pin(f()))));
-        self
+        self.add(
+            wit::Registration::Task(name.to_string()),
+            Handler::Task(Box::new(move || Box::pin(f()))),
+        )
     }
 
     /// A function run once the proxy is configured, before it serves
@@ -842,10 +848,10 @@ impl Registrar {
         F: Fn() -> Fut + 'static,
         Fut: Future<Output = Result<(), String>> + 'static,
     {
-        self.regs.push(wit::Registration::Init(name.to_string()));
-        self.handlers
-            .push(Handler::Task(Box::new(move || Box::pin(f()))));
-        self
+        self.add(
+            wit::Registration::Init(name.to_string()),
+            Handler::Task(Box::new(move || Box::pin(f()))),
+        )
     }
 }
 
