@@ -148,7 +148,7 @@ pub async fn handle(
     let t0 = tokio::time::Instant::now();
     let fut = upstream::send(&srv.pool, srv.addr, be.config.timeouts.connect, up_req);
     let result = match be.config.timeouts.server {
-        Some(t) => match tokio::time::timeout(t, fut).await {
+        Some(t) => match txn.world.timers.timeout(t, fut).await {
             Ok(r) => r.map_err(Some),
             Err(_) => Err(None),
         },

@@ -13,6 +13,7 @@ pub mod log;
 pub mod rules;
 pub mod state;
 pub mod tcp;
+pub mod timer;
 pub mod txn;
 pub mod upstream;
 
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
@@ -445,14 +446,14 @@ async fn serve_http(g: Arc<Generation>, fe: Arc<ProxyRt>, sess: Arc<Session>, st
         .unwrap_or(Duration::from_secs(30));
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(timer::HyperTimer(world.timers.clone()))
         .header_read_timeout(header_timeout)
         .keep_alive(true)
         .writev(false)
         .max_buf_size(BUFSIZE);
     builder
         .http2()
-        .timer(TokioTimer::new())
+        .timer(timer::HyperTimer(world.timers.clone()))
         .max_header_list_size(BUFSIZE as u32);
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         // One span per request (shown with RUST_LOG=debug): every line an

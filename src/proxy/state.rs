@@ -399,6 +399,8 @@ pub struct World {
     /// Variables set by `setenv`, seen by the `env` fetch and extensions
     /// before the process environment.
     pub env: HashMap<String, String>,
+    /// The timeouts of requests and of their servers.
+    pub timers: Arc<super::timer::Timers>,
 }
 
 impl World {
@@ -420,6 +422,7 @@ impl World {
             started: Instant::now(),
             ext,
             env: HashMap::new(),
+            timers: Arc::default(),
         }
     }
 

@@ -192,3 +192,22 @@ async fn upstream_status_is_passed_through_and_counted() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stalled_request_head_is_cut_at_timeout_http_request() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = "defaults\n  mode http\n  timeout http-request 300ms\n  timeout client 30s\n\
+             frontend fe\n  bind 127.0.0.1:0\n  http-request return status 200 content-type text/plain string ok\n";
+    let p = start(c, Registry::new()).await?;
+    let mut s = tokio::net::TcpStream::connect(p.addr("fe")).await?;
+    let t0 = std::time::Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(300), "closed after {took:?}");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    // A complete request on a new connection is served meanwhile.
+    assert_eq!(get(p.addr("fe"), "/").await?.status, 200);
+    Ok(())
+}

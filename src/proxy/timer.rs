@@ -1,0 +1,248 @@
+//! Timeouts of the data path (`timeout http-request`, `timeout server`):
+//! armed on every request and almost never fired.
+//!
+//! tokio's timer wakes its driver with a system call whenever a new timer is
+//! due before the driver's next wake-up, which a request's timeout often is:
+//! one `write` to an eventfd and one more `epoll_wait` per request. Here
+//! arming or cancelling a timeout only touches an ordered map; one tokio
+//! sleep, set to the earliest deadline, wakes the waiting futures, and it is
+//! moved only when a new deadline comes before it. Timeouts of the same
+//! length are armed in deadline order, so that is rare.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// The timeouts of one running configuration.
+#[derive(Default)]
+pub struct Timers {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    waiting: BTreeMap<(Instant, u64), Waker>,
+    next_id: u64,
+    /// Whether the driver task runs.
+    started: bool,
+    /// The deadline the driver sleeps until.
+    armed: Option<Instant>,
+    driver: Option<Waker>,
+}
+
+impl std::fmt::Debug for Timers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timers")
+            .field("waiting", &self.inner.lock().waiting.len())
+            .finish()
+    }
+}
+
+impl Drop for Timers {
+    fn drop(&mut self) {
+        // Let the driver see that it has nothing left to serve.
+        if let Some(w) = self.inner.get_mut().driver.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Returned by [`Timers::timeout`] when the deadline passed first.
+#[derive(Debug)]
+pub struct Elapsed;
+
+impl Timers {
+    /// A future that is ready at `deadline`.
+    pub fn sleep_until(self: &Arc<Self>, deadline: Instant) -> Sleep {
+        Sleep {
+            timers: Arc::clone(self),
+            deadline,
+            key: None,
+        }
+    }
+
+    /// Runs `fut` for at most `limit`.
+    pub async fn timeout<F: Future>(
+        self: &Arc<Self>,
+        limit: Duration,
+        fut: F,
+    ) -> Result<F::Output, Elapsed> {
+        let sleep = self.sleep_until(Instant::now() + limit);
+        tokio::select! {
+            biased;
+            r = fut => Ok(r),
+            () = sleep => Err(Elapsed),
+        }
+    }
+
+    /// Registers `waker` for `deadline`; wakes or starts the driver when it
+    /// has to wake up sooner than it would.
+    fn register(self: &Arc<Self>, key: &mut Option<(Instant, u64)>, deadline: Instant, w: &Waker) {
+        let mut inner = self.inner.lock();
+        if let Some(k) = key
+            && let Some(old) = inner.waiting.get_mut(k)
+        {
+            if !old.will_wake(w) {
+                old.clone_from(w);
+            }
+            return;
+        }
+        let k = (deadline, inner.next_id);
+        inner.next_id += 1;
+        inner.waiting.insert(k, w.clone());
+        *key = Some(k);
+        if !inner.started {
+            inner.started = true;
+            drop(inner);
+            tokio::spawn(drive(Arc::downgrade(self)));
+            return;
+        }
+        if inner.armed.is_none_or(|a| deadline < a)
+            && let Some(d) = inner.driver.take()
+        {
+            drop(inner);
+            d.wake();
+        }
+    }
+
+    fn cancel(&self, key: &(Instant, u64)) {
+        self.inner.lock().waiting.remove(key);
+    }
+}
+
+/// A deadline of [`Timers`]; usable as hyper's timer.
+pub struct Sleep {
+    timers: Arc<Timers>,
+    deadline: Instant,
+    key: Option<(Instant, u64)>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if Instant::now() >= this.deadline {
+            if let Some(k) = this.key.take() {
+                this.timers.cancel(&k);
+            }
+            return Poll::Ready(());
+        }
+        this.timers
+            .register(&mut this.key, this.deadline, cx.waker());
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.timers.cancel(&k);
+        }
+    }
+}
+
+impl hyper::rt::Sleep for Sleep {}
+
+/// The task that wakes the futures whose deadline passed.
+async fn drive(timers: Weak<Timers>) {
+    let mut sleep = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
+    std::future::poll_fn(|cx| {
+        loop {
+            let Some(t) = timers.upgrade() else {
+                return Poll::Ready(());
+            };
+            let now = Instant::now();
+            let mut due = Vec::new();
+            let mut inner = t.inner.lock();
+            while let Some(e) = inner.waiting.first_entry() {
+                if e.key().0 > now {
+                    break;
+                }
+                due.push(e.remove());
+            }
+            let next = inner.waiting.first_key_value().map(|(k, _)| k.0);
+            let rearm = next.is_some() && next != inner.armed;
+            inner.armed = next;
+            inner.driver = Some(cx.waker().clone());
+            drop(inner);
+            drop(t);
+            for w in due {
+                w.wake();
+            }
+            let Some(next) = next else {
+                return Poll::Pending;
+            };
+            if rearm {
+                sleep.as_mut().reset(next.into());
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await
+}
+
+/// hyper's timer over [`Timers`].
+#[derive(Clone, Debug)]
+pub struct HyperTimer(pub Arc<Timers>);
+
+impl hyper::rt::Timer for HyperTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(self.0.sleep_until(Instant::now() + duration))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(self.0.sleep_until(deadline))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deadlines_fire_in_order_and_cancelled_ones_never() {
+        let t = Arc::new(Timers::default());
+        let start = Instant::now();
+        let long = t.timeout(Duration::from_millis(80), std::future::pending::<()>());
+        let short = t.timeout(Duration::from_millis(20), std::future::pending::<()>());
+        let done = t.timeout(Duration::from_secs(5), async { 7 });
+        let dropped = t.sleep_until(start + Duration::from_millis(5));
+        drop(dropped);
+        assert_eq!(done.await.ok(), Some(7));
+        let (a, b) = tokio::join!(long, short);
+        assert!(a.is_err() && b.is_err());
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(80), "{took:?}");
+        assert!(t.inner.lock().waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_earlier_deadline_moves_the_driver() {
+        let t = Arc::new(Timers::default());
+        // The driver first sleeps until the far deadline...
+        let far = tokio::spawn({
+            let t = Arc::clone(&t);
+            async move {
+                t.timeout(Duration::from_secs(30), std::future::pending::<()>())
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+        // ...and a nearer one must still fire on time.
+        let start = Instant::now();
+        let near = t
+            .timeout(Duration::from_millis(30), std::future::pending::<()>())
+            .await;
+        assert!(near.is_err());
+        assert!(start.elapsed() < Duration::from_secs(5));
+        far.abort();
+    }
+}
