@@ -152,12 +152,18 @@ impl hyper::rt::Sleep for Sleep {}
 /// The task that wakes the futures whose deadline passed.
 async fn drive(timers: Weak<Timers>) {
     let mut sleep = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
+    // The deadline of the sleep that just ended: what it woke for is due
+    // even if the clock reads a hair earlier.
+    let mut fired: Option<Instant> = None;
     std::future::poll_fn(|cx| {
         loop {
             let Some(t) = timers.upgrade() else {
                 return Poll::Ready(());
             };
-            let now = Instant::now();
+            let now = match fired.take() {
+                Some(f) => Instant::now().max(f),
+                None => Instant::now(),
+            };
             let mut due = Vec::new();
             let mut inner = t.inner.lock();
             while let Some(e) = inner.waiting.first_entry() {
@@ -184,6 +190,7 @@ async fn drive(timers: Weak<Timers>) {
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
+            fired = Some(sleep.deadline().into_std());
         }
     })
     .await
