@@ -147,6 +147,16 @@ impl Drop for Sleep {
     }
 }
 
+impl Sleep {
+    /// Moves the deadline, keeping the allocation.
+    fn reset(&mut self, deadline: Instant) {
+        if let Some(k) = self.key.take() {
+            self.timers.cancel(&k);
+        }
+        self.deadline = deadline;
+    }
+}
+
 impl hyper::rt::Sleep for Sleep {}
 
 /// The task that wakes the futures whose deadline passed.
@@ -208,6 +218,14 @@ impl hyper::rt::Timer for HyperTimer {
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(self.0.sleep_until(deadline))
     }
+
+    /// hyper re-arms its header-read timeout for every request.
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
+        match sleep.as_mut().downcast_mut_pin::<Sleep>() {
+            Some(s) => s.get_mut().reset(new_deadline),
+            None => *sleep = self.sleep_until(new_deadline),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +247,26 @@ mod tests {
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(80), "{took:?}");
         assert!(t.inner.lock().waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reset_sleep_waits_for_its_new_deadline() {
+        use hyper::rt::Timer;
+        let t = Arc::new(Timers::default());
+        let timer = HyperTimer(Arc::clone(&t));
+        let start = Instant::now();
+        let mut sleep = timer.sleep(Duration::from_secs(30));
+        // Registered once (polled), then moved nearer.
+        assert!(futures_poll_once(sleep.as_mut()).await.is_pending());
+        timer.reset(&mut sleep, start + Duration::from_millis(40));
+        assert!(t.inner.lock().waiting.is_empty());
+        sleep.await;
+        assert!(start.elapsed() >= Duration::from_millis(40));
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    async fn futures_poll_once<F: Future + ?Sized>(mut f: Pin<&mut F>) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
     }
 
     #[tokio::test]
