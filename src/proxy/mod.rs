@@ -8,6 +8,7 @@
 
 pub mod balance;
 pub mod check;
+pub mod client_io;
 pub mod http;
 pub mod log;
 pub mod rules;
@@ -438,6 +439,7 @@ async fn serve_connection(
 async fn serve_http(g: Arc<Generation>, fe: Arc<ProxyRt>, sess: Arc<Session>, stream: TcpStream) {
     let mut drain = g.drain.subscribe();
     let world = g.world.clone();
+    let (fe_name, peer) = (fe.name.clone(), sess.src);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let to = &fe.config.timeouts;
     let header_timeout = to
@@ -471,12 +473,44 @@ async fn serve_http(g: Arc<Generation>, fe: Arc<ProxyRt>, sess: Arc<Session>, st
             span,
         )
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    // A second handle on the socket answers a request head that timed
+    // out, after hyper has given the connection up.
+    let answer = client_io::answer_handle(&stream);
+    // hyper's header timeout starts with the first byte (before it, the
+    // HTTP/2 preface is being looked for): a client that sends nothing
+    // gets the same 408.
+    let mut first = [0u8; 1];
+    tokio::select! {
+        r = g.world.timers.timeout(header_timeout, stream.peek(&mut first)) => match r {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return,
+            Err(_) => {
+                if let Some(sock) = &answer {
+                    client_io::send_408(sock);
+                }
+                tracing::info!(frontend = %fe_name, client = %peer, "no request within 'timeout http-request': 408");
+                return;
+            }
+        },
+        _ = drain.wait_for(|d| *d) => return,
+    }
+    let (io, progress) = client_io::ClientIo::new(stream);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!("client connection: {e}");
+                let timed_out = e
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(|h| h.is_timeout());
+                if timed_out && progress.owes_408() {
+                    if let Some(sock) = &answer {
+                        client_io::send_408(sock);
+                    }
+                    tracing::info!(frontend = %fe_name, client = %peer, "no complete request head within 'timeout http-request': 408");
+                } else {
+                    tracing::debug!("client connection: {e}");
+                }
             }
             return;
         }

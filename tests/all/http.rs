@@ -194,19 +194,50 @@ async fn upstream_status_is_passed_through_and_counted() -> Result<()> {
 }
 
 #[tokio::test]
-async fn a_stalled_request_head_is_cut_at_timeout_http_request() -> Result<()> {
+async fn a_request_not_received_within_timeout_http_request_gets_408() -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let c = "defaults\n  mode http\n  timeout http-request 300ms\n  timeout client 30s\n\
              frontend fe\n  bind 127.0.0.1:0\n  http-request return status 200 content-type text/plain string ok\n";
     let p = start(c, Registry::new()).await?;
-    let mut s = tokio::net::TcpStream::connect(p.addr("fe")).await?;
-    let t0 = std::time::Instant::now();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
-    let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(300), "closed after {took:?}");
-    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    // What the client sends before stalling, and what it must read, as
+    // HAProxy answers: a 408 to a new connection that sent nothing or part
+    // of a head, nothing to an idle keep-alive connection.
+    let cases: [(&[u8], &[u8], &str); 4] = [
+        (b"", b"", "HTTP/1.1 408 Request Time-out"),
+        (
+            b"",
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+            "HTTP/1.1 408 Request Time-out",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"", ""),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HT",
+            "HTTP/1.1 408 Request Time-out",
+        ),
+    ];
+    for (served, stalled, expect) in cases {
+        let mut s = tokio::net::TcpStream::connect(p.addr("fe")).await?;
+        if !served.is_empty() {
+            s.write_all(served).await?;
+            let mut b = [0u8; 512];
+            let n = s.read(&mut b).await?;
+            assert!(String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 200"));
+        }
+        let t0 = std::time::Instant::now();
+        s.write_all(stalled).await?;
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+        let took = t0.elapsed();
+        let text = String::from_utf8_lossy(&buf);
+        assert!(took >= Duration::from_millis(250), "closed after {took:?}");
+        if expect.is_empty() {
+            assert!(buf.is_empty(), "{text}");
+        } else {
+            assert!(text.starts_with(expect), "{text}");
+            assert!(text.contains("Your browser didn't send a complete request in time."));
+        }
+    }
     // A complete request on a new connection is served meanwhile.
     assert_eq!(get(p.addr("fe"), "/").await?.status, 200);
     Ok(())
