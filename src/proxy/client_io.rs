@@ -123,7 +123,7 @@ pub fn answer_handle(stream: &TcpStream) -> Option<std::net::TcpStream> {
 /// Writes HAProxy's 408 page and closes the sending side. The socket is
 /// non-blocking; the page is small enough for an empty send buffer, and a
 /// client whose buffer is full gets nothing, as it would from a close.
-pub fn send_408(sock: &std::net::TcpStream) {
+pub fn send_408(sock: &std::net::TcpStream) -> usize {
     let reply = super::rules::error_reply(408);
     let head = format!(
         "HTTP/1.1 408 Request Time-out\r\ncontent-length: {}\r\ncache-control: no-cache\r\ncontent-type: text/html\r\nconnection: close\r\n\r\n",
@@ -132,6 +132,10 @@ pub fn send_408(sock: &std::net::TcpStream) {
     let mut out = head.into_bytes();
     out.extend_from_slice(&reply.body);
     let mut w = sock;
-    let _ = w.write_all(&out);
+    let sent = match w.write_all(&out) {
+        Ok(()) => out.len(),
+        Err(_) => 0,
+    };
     let _ = sock.shutdown(std::net::Shutdown::Write);
+    sent
 }

@@ -439,7 +439,7 @@ async fn serve_connection(
 async fn serve_http(g: Arc<Generation>, fe: Arc<ProxyRt>, sess: Arc<Session>, stream: TcpStream) {
     let mut drain = g.drain.subscribe();
     let world = g.world.clone();
-    let (fe_name, peer) = (fe.name.clone(), sess.src);
+    let (log_fe, log_sess) = (fe.clone(), sess.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let to = &fe.config.timeouts;
     let header_timeout = to
@@ -485,10 +485,7 @@ async fn serve_http(g: Arc<Generation>, fe: Arc<ProxyRt>, sess: Arc<Session>, st
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return,
             Err(_) => {
-                if let Some(sock) = &answer {
-                    client_io::send_408(sock);
-                }
-                tracing::info!(frontend = %fe_name, client = %peer, "no request within 'timeout http-request': 408");
+                request_timed_out(&g.world, &log_fe, &log_sess, answer.as_ref());
                 return;
             }
         },
@@ -504,10 +501,7 @@ async fn serve_http(g: Arc<Generation>, fe: Arc<ProxyRt>, sess: Arc<Session>, st
                     .downcast_ref::<hyper::Error>()
                     .is_some_and(|h| h.is_timeout());
                 if timed_out && progress.owes_408() {
-                    if let Some(sock) = &answer {
-                        client_io::send_408(sock);
-                    }
-                    tracing::info!(frontend = %fe_name, client = %peer, "no complete request head within 'timeout http-request': 408");
+                    request_timed_out(&g.world, &log_fe, &log_sess, answer.as_ref());
                 } else {
                     tracing::debug!("client connection: {e}");
                 }
@@ -519,6 +513,28 @@ async fn serve_http(g: Arc<Generation>, fe: Arc<ProxyRt>, sess: Arc<Session>, st
     conn.as_mut().graceful_shutdown();
     if let Err(e) = conn.await {
         tracing::debug!("client connection: {e}");
+    }
+}
+
+/// Answers a request that did not arrive within `timeout http-request`
+/// with HAProxy's 408, counted and logged as HAProxy logs it
+/// (`<BADREQ>`, termination state `cR--`).
+fn request_timed_out(
+    world: &Arc<World>,
+    fe: &Arc<ProxyRt>,
+    sess: &Arc<Session>,
+    answer: Option<&std::net::TcpStream>,
+) {
+    let sent = answer.map_or(0, client_io::send_408);
+    fe.counters.count_status(408);
+    tracing::debug!(frontend = %fe.name, client = %sess.src, "no complete request within 'timeout http-request': 408");
+    if fe.config.options.httplog || fe.config.options.log {
+        let txn = Txn::new(world.clone(), sess.clone(), fe.clone(), next_txn_id());
+        let mut info = log::LogInfo::new();
+        info.status = Some(408);
+        info.bytes_out = sent as u64;
+        info.term = *b"cR--";
+        log::emit(&log::LogCtx::new(&txn, "<BADREQ>".to_string(), info).http_line());
     }
 }
 

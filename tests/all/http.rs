@@ -240,5 +240,12 @@ async fn a_request_not_received_within_timeout_http_request_gets_408() -> Result
     }
     // A complete request on a new connection is served meanwhile.
     assert_eq!(get(p.addr("fe"), "/").await?.status, 200);
+    // The three 408s count among the frontend's 4xx answers.
+    let w = p.proxy.world();
+    let fe = w.proxy("fe").expect("frontend");
+    assert_eq!(
+        moonbox::proxy::state::Counters::get(&fe.counters.hrsp[3]),
+        3
+    );
     Ok(())
 }
