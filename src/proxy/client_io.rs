@@ -22,6 +22,16 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Records a write to the client: a response is under way.
+    fn wrote(&self, r: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = r
+            && *n > 0
+        {
+            self.answered.store(true, Ordering::Relaxed);
+            self.pending.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Whether a timed-out request head deserves a 408.
     pub fn owes_408(&self) -> bool {
         !self.answered.load(Ordering::Relaxed) || self.pending.load(Ordering::Relaxed) > 0
@@ -70,12 +80,7 @@ impl AsyncWrite for ClientIo {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r
-            && *n > 0
-        {
-            this.progress.answered.store(true, Ordering::Relaxed);
-            this.progress.pending.store(0, Ordering::Relaxed);
-        }
+        this.progress.wrote(&r);
         r
     }
 
@@ -86,12 +91,7 @@ impl AsyncWrite for ClientIo {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &r
-            && *n > 0
-        {
-            this.progress.answered.store(true, Ordering::Relaxed);
-            this.progress.pending.store(0, Ordering::Relaxed);
-        }
+        this.progress.wrote(&r);
         r
     }
 
@@ -125,10 +125,14 @@ pub fn answer_handle(stream: &TcpStream) -> Option<std::net::TcpStream> {
 /// client whose buffer is full gets nothing, as it would from a close.
 pub fn send_408(sock: &std::net::TcpStream) -> usize {
     let reply = super::rules::error_reply(408);
-    let head = format!(
-        "HTTP/1.1 408 Request Time-out\r\ncontent-length: {}\r\ncache-control: no-cache\r\ncontent-type: text/html\r\nconnection: close\r\n\r\n",
+    let mut head = format!(
+        "HTTP/1.1 408 Request Time-out\r\ncontent-length: {}\r\nconnection: close\r\n",
         reply.body.len()
     );
+    for (name, value) in &reply.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
     let mut out = head.into_bytes();
     out.extend_from_slice(&reply.body);
     let mut w = sock;
