@@ -7,6 +7,8 @@ use std::sync::atomic::Ordering;
 
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 use super::state::{Counters, ProxyRt, ServerRt, SessionGuard};
 use crate::config::model::Balance;
 
@@ -27,6 +29,13 @@ pub async fn acquire(
     backend: &ProxyRt,
     src: IpAddr,
 ) -> Result<(Arc<ServerRt>, SessionGuard, Duration), Unavailable> {
+    // A server with room: no clock read, no place in the queue.
+    let Some(server) = pick(backend, src) else {
+        return Err(Unavailable::NoServer);
+    };
+    if let Some(guard) = server.try_reserve() {
+        return Ok((server, guard, Duration::ZERO));
+    }
     let started = tokio::time::Instant::now();
     let t = &backend.config.timeouts;
     let deadline = started + t.queue.or(t.connect).unwrap_or(Duration::from_secs(5));
@@ -62,10 +71,14 @@ pub async fn acquire(
     result
 }
 
+/// Servers considered for one pick; backends rarely have more than a few,
+/// kept off the heap.
+type Servers<'a> = SmallVec<[&'a Arc<ServerRt>; 8]>;
+
 /// Picks a server for a new request or connection; `None` when no server
 /// is usable (the caller answers 503).
 pub fn pick(backend: &ProxyRt, src: IpAddr) -> Option<Arc<ServerRt>> {
-    let active: Vec<&Arc<ServerRt>> = backend
+    let active: Servers = backend
         .servers
         .iter()
         .filter(|s| !s.config.backup && s.usable())
@@ -86,7 +99,7 @@ pub fn pick(backend: &ProxyRt, src: IpAddr) -> Option<Arc<ServerRt>> {
     } else {
         active
     };
-    let with_room: Vec<&Arc<ServerRt>> = pool.iter().copied().filter(|s| s.has_room()).collect();
+    let with_room: Servers = pool.iter().copied().filter(|s| s.has_room()).collect();
     // When every server is at its maxconn the pick is only a candidate:
     // `acquire` finds it full and queues the request.
     let candidates = if with_room.is_empty() {

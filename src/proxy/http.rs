@@ -14,6 +14,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use smallvec::SmallVec;
 use tokio::sync::mpsc;
 
 use super::log::{LogCtx, LogInfo, emit};
@@ -23,7 +24,7 @@ use super::txn::{Phase, Reply, Session, Txn, header_value};
 use super::upstream::{self, Body, BoxError};
 use super::{balance, next_txn_id, select_backend};
 use crate::config::model::Mode;
-use crate::ext::{ExtRef, Facility, HttpApplet};
+use crate::ext::{BoxFuture, ExtRef, Facility, HttpApplet};
 
 /// Handles one HTTP request from a client of frontend `fe`.
 pub async fn handle(
@@ -75,7 +76,9 @@ pub async fn handle(
             info.term = *b"PR--";
             return Ok(finish_reply(txn, r, info, request_line, None).await);
         }
-        Flow::Service(s) => return Ok(run_service(txn, s, body, info, request_line).await),
+        Flow::Service(s) => {
+            return Ok(Box::pin(run_service(txn, s, body, info, request_line)).await);
+        }
         Flow::Close => return Ok(close_response(txn, info, request_line)),
     }
 
@@ -96,7 +99,9 @@ pub async fn handle(
                 info.term = *b"PR--";
                 return Ok(finish_reply(txn, r, info, request_line, None).await);
             }
-            Flow::Service(s) => return Ok(run_service(txn, s, body, info, request_line).await),
+            Flow::Service(s) => {
+                return Ok(Box::pin(run_service(txn, s, body, info, request_line)).await);
+            }
             Flow::Close => return Ok(close_response(txn, info, request_line)),
         }
     }
@@ -145,8 +150,15 @@ pub async fn handle(
             .boxed(),
     };
     let up_req = Request::from_parts(parts, up_body);
-    let t0 = tokio::time::Instant::now();
-    let fut = upstream::send(&srv.pool, srv.addr, be.config.timeouts.connect, up_req);
+    // The server's response time, for the access log (`Tr`).
+    let t0 = logs(&fe).then(std::time::Instant::now);
+    // Pinned where it is made: the request's largest future never moves.
+    let fut = std::pin::pin!(upstream::send(
+        &srv.pool,
+        srv.addr,
+        be.config.timeouts.connect,
+        up_req
+    ));
     let result = match be.config.timeouts.server {
         Some(t) => match txn.world.timers.timeout(t, fut).await {
             Ok(r) => r.map_err(Some),
@@ -185,7 +197,7 @@ pub async fn handle(
         }
     };
     info.t_connect = Some(Duration::ZERO);
-    info.t_response = Some(t0.elapsed());
+    info.t_response = t0.map(|t| t.elapsed());
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
     txn.phase = Phase::Response;
@@ -223,44 +235,65 @@ fn prepare_upstream_request(parts: &mut http::request::Parts, fe: &ProxyRt, txn:
         let ip = txn.sess.src.ip().to_string();
         parts.headers.append(name, header_value(&ip));
     }
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let pq = if pq.is_empty() { "/" } else { pq };
     // Origin form (`GET /path?q HTTP/1.1`), as HAProxy sends it: not every
-    // server takes the absolute form.
-    if let Ok(u) = pq.parse::<Uri>() {
-        parts.uri = u;
+    // server takes the absolute form. HTTP/1 clients mostly send it already.
+    let origin_form = parts.uri.scheme().is_none()
+        && parts.uri.authority().is_none()
+        && parts.uri.path().starts_with('/');
+    if !origin_form {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let pq = if pq.is_empty() { "/" } else { pq };
+        if let Ok(u) = pq.parse::<Uri>() {
+            parts.uri = u;
+        }
     }
     parts.version = Version::HTTP_11;
 }
 
-const HOP_BY_HOP: [HeaderName; 5] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-];
+/// Whether a header belongs to one connection only (RFC 9110 7.6.1) and
+/// is not forwarded: the standard ones compare as small integers.
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == header::CONNECTION
+        || n == header::TE
+        || n == header::TRANSFER_ENCODING
+        || n == header::UPGRADE
+        || n == header::PROXY_AUTHENTICATE
+        || n.as_str() == "keep-alive"
+        || n.as_str() == "proxy-connection"
+}
 
+/// Removes the hop-by-hop headers, and those `Connection` names. Most
+/// requests have none, and most responses only `Connection: keep-alive`:
+/// one pass over the names finds that out, without hashing any.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut gone: SmallVec<[HeaderName; 4]> = SmallVec::new();
+    for v in h.get_all(header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        for t in v.split(',').map(str::trim) {
+            // `close` and `keep-alive` name no header to remove (a
+            // `Keep-Alive` header goes below anyway).
+            if t.is_empty()
+                || t.eq_ignore_ascii_case("close")
+                || t.eq_ignore_ascii_case("keep-alive")
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                gone.push(n);
+            }
+        }
+    }
+    gone.extend(h.keys().filter(|n| is_hop_by_hop(n)).cloned());
+    for n in gone {
         h.remove(n);
     }
-    for n in HOP_BY_HOP.iter() {
-        h.remove(n);
-    }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -312,20 +345,23 @@ fn reply_parts(reply: &Reply) -> http::response::Parts {
 }
 
 /// Sends a reply produced by the proxy (deny, return, redirect, errors),
-/// after the `http-after-response` rules.
-async fn finish_reply(
+/// after the `http-after-response` rules. Boxed: it is awaited from many
+/// places in [`handle`], whose future would otherwise grow by its size.
+fn finish_reply(
     mut txn: Txn,
     reply: Reply,
     info: LogInfo,
     request_line: String,
     guards: Option<Vec<SessionGuard>>,
-) -> Response<Body> {
-    txn.phase = Phase::Response;
-    txn.res = Some(reply_parts(&reply));
-    let body = Full::new(reply.body)
-        .map_err(|e: Infallible| -> BoxError { match e {} })
-        .boxed();
-    respond(txn, body, info, request_line, guards).await
+) -> BoxFuture<'static, Response<Body>> {
+    Box::pin(async move {
+        txn.phase = Phase::Response;
+        txn.res = Some(reply_parts(&reply));
+        let body = Full::new(reply.body)
+            .map_err(|e: Infallible| -> BoxError { match e {} })
+            .boxed();
+        respond(txn, body, info, request_line, guards).await
+    })
 }
 
 /// Runs `http-after-response`, counts, and wraps the body so the access log

@@ -95,7 +95,6 @@ pub fn build_world(loaded: &Loaded) -> Arc<World> {
 /// The backend named by `use_backend` rules or `default_backend`; a
 /// listen section is its own backend.
 pub fn select_backend(fe: &Arc<ProxyRt>, txn: &mut Txn) -> Option<Arc<ProxyRt>> {
-    let world = txn.world.clone();
     for ub in &fe.config.use_backends {
         if let Some(c) = &ub.cond
             && !c.eval(txn)
@@ -106,7 +105,7 @@ pub fn select_backend(fe: &Arc<ProxyRt>, txn: &mut Txn) -> Option<Arc<ProxyRt>> 
             BackendTarget::Name(n) => n.clone(),
             BackendTarget::Dynamic(f) => f.eval(txn),
         };
-        match world.backend(&name) {
+        match txn.world.backend(&name) {
             Some(b) if b.mode() == fe.mode() => return Some(b.clone()),
             _ => {
                 // HAProxy falls back to the default backend when a dynamic
@@ -115,8 +114,8 @@ pub fn select_backend(fe: &Arc<ProxyRt>, txn: &mut Txn) -> Option<Arc<ProxyRt>> 
             }
         }
     }
-    if let Some(db) = &fe.config.default_backend {
-        return world.backend(db).cloned();
+    if fe.config.default_backend.is_some() {
+        return txn.world.default_backend(fe).cloned();
     }
     if fe.is_backend() {
         return Some(fe.clone());

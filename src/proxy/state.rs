@@ -389,6 +389,9 @@ fn counter_stats(c: &Counters) -> Vec<(&'static str, String)> {
 pub struct World {
     pub proxies: Vec<Arc<ProxyRt>>,
     by_name: HashMap<String, usize>,
+    /// Each proxy's `default_backend`, resolved once (by index in
+    /// `proxies`).
+    default_backends: Vec<Option<usize>>,
     /// `proc.*` variables.
     pub proc_vars: RwLock<Vars>,
     /// Map files, loaded at parse time and changed at run time.
@@ -409,14 +412,22 @@ impl World {
         maps: Arc<MapStore>,
         ext: Arc<crate::ext::Registry>,
     ) -> World {
-        let by_name = proxies
+        let by_name: HashMap<String, usize> = proxies
             .iter()
             .enumerate()
             .map(|(i, p)| (p.name.clone(), i))
             .collect();
+        let default_backends = proxies
+            .iter()
+            .map(|p| {
+                let i = *by_name.get(p.config.default_backend.as_deref()?)?;
+                proxies[i].is_backend().then_some(i)
+            })
+            .collect();
         World {
             proxies,
             by_name,
+            default_backends,
             proc_vars: RwLock::new(Vars::default()),
             maps,
             started: Instant::now(),
@@ -440,6 +451,16 @@ impl World {
 
     pub fn backend(&self, name: &str) -> Option<&Arc<ProxyRt>> {
         self.proxy(name).filter(|p| p.is_backend())
+    }
+
+    /// The `default_backend` of proxy `p`, without a lookup by name when
+    /// `p` belongs to this world.
+    pub fn default_backend(&self, p: &Arc<ProxyRt>) -> Option<&Arc<ProxyRt>> {
+        let i = (p.uuid as usize).wrapping_sub(1);
+        match self.proxies.get(i) {
+            Some(q) if Arc::ptr_eq(q, p) => self.default_backends[i].map(|b| &self.proxies[b]),
+            _ => self.backend(p.config.default_backend.as_deref()?),
+        }
     }
 }
 

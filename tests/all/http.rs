@@ -38,6 +38,54 @@ async fn forwards_requests_and_bodies() -> Result<()> {
 }
 
 #[tokio::test]
+async fn hop_by_hop_headers_stop_at_the_proxy() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A bare server that records the head it reads and answers with
+    // headers meant for the proxy alone.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let up = l.local_addr()?;
+    let seen = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.ok()?;
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.ok()?;
+        let _ = s
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nConnection: x-internal\r\n\
+                  X-Internal: secret\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\nok",
+            )
+            .await;
+        Some(String::from_utf8_lossy(&buf[..n]).to_lowercase())
+    });
+    let p = start(&cfg(&up.to_string(), "", ""), Registry::new()).await?;
+    let r = request(
+        p.addr("fe"),
+        "GET",
+        "/",
+        &[
+            ("connection", "keep-alive, x-session"),
+            ("x-session", "abc"),
+            ("keep-alive", "timeout=9"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("x-other", "1"),
+        ],
+        "",
+    )
+    .await?;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    assert_eq!(r.header("x-kept").as_deref(), Some("yes"));
+    for gone in ["x-internal", "keep-alive"] {
+        assert_eq!(r.header(gone), None, "{gone} reached the client");
+    }
+    let head = seen.await?.unwrap_or_default();
+    assert!(head.contains("\r\nx-other: 1\r\n"), "{head}");
+    for gone in ["x-session", "keep-alive:", "proxy-connection", "\r\nte:"] {
+        assert!(!head.contains(gone), "{gone} reached the server: {head}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn requests_reach_the_server_in_origin_form() -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A bare server that records the request line it reads.
