@@ -188,6 +188,19 @@ impl UpstreamBody {
     }
 }
 
+impl Drop for UpstreamBody {
+    /// A body that ended with its last data frame gives its connection back
+    /// here, once that frame has been sent on and dropped: the connection's
+    /// read buffer is then no longer shared, and hyper reuses it for the
+    /// next response instead of allocating another. The next request
+    /// drives the connection with its own waker.
+    fn drop(&mut self) {
+        if self.conn.is_some() && self.inner.is_end_stream() {
+            self.release(&mut Context::from_waker(std::task::Waker::noop()));
+        }
+    }
+}
+
 impl HttpBody for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -204,8 +217,9 @@ impl HttpBody for UpstreamBody {
         }
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
+            // After a last data frame the connection goes back to the pool
+            // when the body is dropped (see Drop).
             Poll::Ready(None) => self.release(cx),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(cx),
             Poll::Ready(Some(Err(_))) => self.conn = None,
             _ => {}
         }

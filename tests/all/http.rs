@@ -37,6 +37,38 @@ async fn forwards_requests_and_bodies() -> Result<()> {
     Ok(())
 }
 
+/// Sends a request, closes the sending side as a client that has nothing
+/// more to say does, and returns what comes back.
+async fn request_then_half_close(addr: std::net::SocketAddr) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await?;
+    s.shutdown().await?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    Ok(String::from_utf8_lossy(&out).to_string())
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_still_gets_its_response_unless_abortonclose() -> Result<()> {
+    let up = Upstream::start("up1", Behavior::Slow(Duration::from_millis(200))).await;
+    // HAProxy's default: the request goes on.
+    let p = start(&cfg(&up.addr.to_string(), "", ""), Registry::new()).await?;
+    let got = request_then_half_close(p.addr("fe")).await?;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.ends_with("up1\n"), "{got}");
+    // `option abortonclose`: the client's close aborts it.
+    let p = start(
+        &cfg(&up.addr.to_string(), "  option abortonclose", ""),
+        Registry::new(),
+    )
+    .await?;
+    let got = request_then_half_close(p.addr("fe")).await?;
+    assert_eq!(got, "");
+    Ok(())
+}
+
 #[tokio::test]
 async fn hop_by_hop_headers_stop_at_the_proxy() -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -119,6 +151,51 @@ async fn keep_alive_reuses_client_and_server_connections() -> Result<()> {
         out.contains("x-echo-path: /1") && out.contains("x-echo-path: /2"),
         "{out}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_connections_are_reused_after_bodies_and_empty_responses() -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A keep-alive server that counts the connections it accepts.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let up = l.local_addr()?;
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let (status, body) = match req.uri().path() {
+                            "/empty" => (204, ""),
+                            _ => (200, "body\n"),
+                        };
+                        http::Response::builder()
+                            .status(status)
+                            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let p = start(&cfg(&up.to_string(), "", ""), Registry::new()).await?;
+    for path in ["/a", "/empty", "/b", "/empty", "/c"] {
+        // A new client connection each time: only the server side is pooled.
+        let r = get(p.addr("fe"), path).await?;
+        let want = if path == "/empty" {
+            (204, "")
+        } else {
+            (200, "body\n")
+        };
+        assert_eq!((r.status, r.body.as_str()), want, "{path}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    server.abort();
     Ok(())
 }
 
