@@ -200,6 +200,12 @@ pub struct Options {
     pub buffer_request: bool,
     /// `log global` or any `log` line in the proxy: access logs are emitted.
     pub log: bool,
+    /// `option abortonclose`: a client that closes its side while its
+    /// request is in flight aborts it. Off (HAProxy's default), the request
+    /// goes on and its response is still sent. HAProxy aborts only while the
+    /// request waits for a server; here the close aborts it until its
+    /// response has been sent, and the client is answered nothing.
+    pub abortonclose: bool,
 }
 
 /// `bind ADDR:PORT [options]`.

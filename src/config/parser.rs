@@ -657,7 +657,6 @@ const OPTIONS_ACCEPTED: &[&str] = &[
     "http-server-close",
     "redispatch",
     "log-health-checks",
-    "abortonclose",
     "splice-auto",
     "splice-request",
     "splice-response",
@@ -1048,6 +1047,7 @@ impl ProxyParser<'_, '_> {
             }
             "dontlognull" => o.dontlognull = on,
             "httpclose" => o.httpclose = on,
+            "abortonclose" => o.abortonclose = on,
             "http-buffer-request" => o.buffer_request = on,
             "httpchk" => {
                 if !on {

@@ -448,6 +448,10 @@ async fn serve_http(g: Arc<Generation>, fe: Arc<ProxyRt>, sess: Arc<Session>, st
     builder
         .http1()
         .timer(timer::HyperTimer(world.timers.clone()))
+        // A client's FIN ends its request only with `option abortonclose`.
+        // (Otherwise hyper also stops looking for one mid-request, and the
+        // request head's read buffer is reused for the next.)
+        .half_close(!fe.config.options.abortonclose)
         .header_read_timeout(header_timeout)
         .keep_alive(true)
         .writev(false)
