@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request (valgrind's callgrind) on a
+# plain-proxy configuration like the anchor's s1:
+#
+#   bash bench/instructions.sh /usr/sbin/haproxy target/release/proxy
+#
+# Counts, not seconds: the same for the same binary whatever else the
+# machine does. The anchor's own config loads Lua, whose Wasm engine
+# reserves more address space than valgrind allows, so bench/s1.cfg is
+# used. Each binary serves 3 s of warm-up, then is measured for 5 s.
+set -u
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ANCHOR="$HERE/../../shared/bench/haproxy-anchor"
+RUN="${RUN:-/tmp/moonbox-instructions}"
+mkdir -p "$RUN/tmp"
+nginx -p "$RUN/" -e "$RUN/nginx-error.log" -c "$ANCHOR/nginx.conf" &
+NGINX=$!
+trap 'kill $NGINX 2>/dev/null; wait $NGINX 2>/dev/null' EXIT
+sleep 1
+for bin in "$@"; do
+    out="$RUN/callgrind.$(basename "$bin")"
+    rm -f "$out".*
+    valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$bin" -q -f "$HERE/s1.cfg" >"$RUN/proxy.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18101/ && break; sleep 0.3; done
+    wrk -t1 -c50 -d3s http://127.0.0.1:18101/ >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    reqs=$(wrk -t1 -c50 -d5s http://127.0.0.1:18101/ | awk '/requests in/{print $1}')
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    sleep 1
+    dump=$(ls -t "$out.$pid".* | head -1)
+    ir=$(awk '/^summary:/{print $2}' "$dump")
+    echo "$bin: $reqs requests, $((ir / reqs)) instructions per request ($dump)"
+    kill "$pid"
+    wait "$pid" 2>/dev/null
+done
