@@ -6,8 +6,8 @@
 #
 # Counts, not seconds: the same for the same binary whatever else the
 # machine does. The anchor's own config loads Lua, whose Wasm engine
-# reserves more address space than valgrind allows, so bench/s1.cfg is
-# used. Each binary serves 3 s of warm-up, then is measured for 5 s.
+# reserves more address space than valgrind allows, so bench/moonbox-s1.cfg
+# is used. Each binary serves 3 s of warm-up, then is measured for 5 s.
 set -u
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ANCHOR="$HERE/../../shared/bench/haproxy-anchor"
@@ -20,7 +20,7 @@ sleep 1
 for bin in "$@"; do
     out="$RUN/callgrind.$(basename "$bin")"
     rm -f "$out".*
-    valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$bin" -q -f "$HERE/s1.cfg" >"$RUN/proxy.log" 2>&1 &
+    HAP_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$bin" -q -f "$HERE/moonbox-s1.cfg" >"$RUN/proxy.log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18101/ && break; sleep 0.3; done
     wrk -t1 -c50 -d3s http://127.0.0.1:18101/ >/dev/null
