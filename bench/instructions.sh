@@ -4,8 +4,8 @@
 #
 #   bash bench/instructions.sh /usr/sbin/haproxy target/release/proxy
 #
-# Counts, not seconds: the same for the same binary whatever else the
-# machine does. The anchor's own config loads Lua, whose Wasm engine
+# Counts, not seconds: they move by a few percent between runs of the same
+# binary, whatever else the machine does. The anchor's own config loads Lua, whose Wasm engine
 # reserves more address space than valgrind allows, so bench/moonbox-s1.cfg
 # is used. Each binary serves 3 s of warm-up, then is measured for 5 s.
 set -u
