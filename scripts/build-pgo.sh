@@ -17,18 +17,17 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # LLVM that rustc is built on.
 LLVM_MAJOR=$(rustc -vV | awk '/^LLVM version:/ { split($3, v, "."); print v[1] }')
 PROFDATA="llvm-profdata-$LLVM_MAJOR"
+# What the Lua guest's build needs (as scripts/test-all.sh), then the load
+# generator and the profile merger.
 need_apt=()
+command -v curl >/dev/null || need_apt+=(curl)
+command -v clang-22 >/dev/null || need_apt+=(clang-22)
+command -v llvm-ar-22 >/dev/null || need_apt+=(llvm-22)
+[ -d /usr/include/wasm32-wasi ] || need_apt+=(wasi-libc)
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v "$PROFDATA" >/dev/null || need_apt+=("llvm-$LLVM_MAJOR")
-if ((${#need_apt[@]})); then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
-    else
-        echo "missing packages: ${need_apt[*]} (install them, or run as root)" >&2
-        exit 1
-    fi
-fi
+source scripts/apt-install.sh
+apt_install "${need_apt[@]}"
 
 bash scripts/build-guests.sh
 TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"

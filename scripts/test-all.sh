@@ -16,15 +16,8 @@ command -v llvm-ar-22 >/dev/null || need_apt+=(llvm-22)
 [ -d /usr/include/wasm32-wasi ] || need_apt+=(wasi-libc)
 # Differential tests run the same Lua scripts under Debian's HAProxy.
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
-if ((${#need_apt[@]})); then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
-    else
-        echo "missing packages: ${need_apt[*]} (install them, or run as root)" >&2
-        exit 1
-    fi
-fi
+source scripts/apt-install.sh
+apt_install "${need_apt[@]}"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
