@@ -1,28 +1,25 @@
 #!/usr/bin/env bash
-# CPU time per proxied request on the anchor's s1 (plain proxying), user and
-# system, from /proc/PID/stat, alternating the binaries round by round:
+# Compares proxy binaries on the anchor's s1 (plain proxying), alternating
+# them round by round so that a busy machine weighs on each alike:
 #
 #   bash bench/cpu.sh /usr/sbin/haproxy target/release/proxy
 #
-# Less noisy than req/s on a shared machine: what the proxy spends per
-# request does not depend on how much of the machine it got. Needs nginx
-# and wrk (the anchor's run.sh installs them).
+# Prints each 6 s run's req/s and p99 (after a 2 s warm-up), and the
+# proxy's user and system CPU time per request, from /proc/PID/stat: less
+# noisy than req/s on a shared machine, as what a proxy spends per request
+# does not depend on how much of the machine it got.
 set -u
-ANCHOR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../shared/bench/haproxy-anchor" && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RUN="${RUN:-/tmp/moonbox-cpu}"
 ROUNDS="${ROUNDS:-3}"
-mkdir -p "$RUN/tmp"
-nginx -p "$RUN/" -e "$RUN/nginx-error.log" -c "$ANCHOR/nginx.conf" &
-NGINX=$!
-trap 'kill $NGINX 2>/dev/null; wait $NGINX 2>/dev/null' EXIT
-sleep 1
+start_nginx "$RUN"
 TCK=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15, $14, $15}' "/proc/$1/stat"; }
 for round in $(seq "$ROUNDS"); do
     for bin in "$@"; do
         ANCHOR_DIR="$ANCHOR" HAP_THREADS=1 "$bin" -q -f "$ANCHOR/haproxy.cfg" >"$RUN/proxy.log" 2>&1 &
         pid=$!
-        for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:18101/ && break; sleep 0.1; done
+        wait_for http://127.0.0.1:18101/
         wrk -t1 -c50 -d2s http://127.0.0.1:18101/ >/dev/null
         read -r _ u0 s0 < <(cpu "$pid")
         out=$(wrk -t1 -c50 -d6s --latency http://127.0.0.1:18101/)

@@ -10,19 +10,16 @@
 # is used. Each binary serves 3 s of warm-up, then is measured for 5 s.
 set -u
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ANCHOR="$HERE/../../shared/bench/haproxy-anchor"
+source "$HERE/lib.sh"
 RUN="${RUN:-/tmp/moonbox-instructions}"
-mkdir -p "$RUN/tmp"
-nginx -p "$RUN/" -e "$RUN/nginx-error.log" -c "$ANCHOR/nginx.conf" &
-NGINX=$!
-trap 'kill $NGINX 2>/dev/null; wait $NGINX 2>/dev/null' EXIT
-sleep 1
+start_nginx "$RUN"
 for bin in "$@"; do
     out="$RUN/callgrind.$(basename "$bin")"
     rm -f "$out".*
     HAP_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$bin" -q -f "$HERE/moonbox-s1.cfg" >"$RUN/proxy.log" 2>&1 &
     pid=$!
-    for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18101/ && break; sleep 0.3; done
+    # Slow to start under valgrind.
+    wait_for http://127.0.0.1:18101/ 150
     wrk -t1 -c50 -d3s http://127.0.0.1:18101/ >/dev/null
     callgrind_control -z "$pid" >/dev/null 2>&1
     reqs=$(wrk -t1 -c50 -d5s http://127.0.0.1:18101/ | awk '/requests in/{print $1}')
