@@ -4,6 +4,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,6 +15,59 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Ticks without a guest call after which the epoch thread sleeps until
+/// the next call: an idle proxy, or one whose traffic calls no extension,
+/// is not woken every tick.
+const IDLE_TICKS: u32 = 50;
+
+/// The epoch thread's view of guest calls.
+struct Ticker {
+    /// Guest calls under way (each one's deadline counts in ticks).
+    calls: AtomicUsize,
+    /// The epoch thread is pausing, or paused.
+    paused: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+static TICKER: Ticker = Ticker {
+    calls: AtomicUsize::new(0),
+    paused: AtomicBool::new(false),
+    thread: OnceLock::new(),
+};
+
+impl Ticker {
+    /// Sleeps until a call starts. A call counted before `paused` is set
+    /// is seen here; one counted after sees `paused` and wakes the thread
+    /// (an unpark that comes first makes the park return at once).
+    fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        while self.calls.load(Ordering::SeqCst) == 0 {
+            std::thread::park();
+        }
+        self.paused.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A guest call under way: the epoch advances while one is held.
+pub struct Running(());
+
+/// Marks the start of a guest call, waking the epoch thread if it paused.
+pub fn running() -> Running {
+    TICKER.calls.fetch_add(1, Ordering::SeqCst);
+    if TICKER.paused.load(Ordering::SeqCst)
+        && let Some(t) = TICKER.thread.get()
+    {
+        t.unpark();
+    }
+    Running(())
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        TICKER.calls.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// The largest linear memory any extension may have (`ext-load ... memory`).
 pub const MAX_MEMORY: u64 = 1 << 30;
@@ -73,16 +127,28 @@ impl Runtime {
             .map_err(anyhow::Error::from)
             .context("cannot configure wasmtime")?;
         let weak = engine.weak();
-        std::thread::Builder::new()
+        let ticker = std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
+                let mut idle = 0;
                 while let Some(engine) = weak.upgrade() {
                     engine.increment_epoch();
                     drop(engine);
                     std::thread::sleep(EPOCH_TICK);
+                    idle = if TICKER.calls.load(Ordering::SeqCst) == 0 {
+                        idle + 1
+                    } else {
+                        0
+                    };
+                    if idle >= IDLE_TICKS {
+                        TICKER.pause();
+                        idle = 0;
+                    }
                 }
             })
             .context("cannot start the epoch thread")?;
+        // Only this function sets it, and it runs once.
+        let _ = TICKER.thread.set(ticker.thread().clone());
         Ok(Runtime {
             engine,
             cache_dir: cache_dir(),

@@ -289,6 +289,7 @@ impl Inst {
         let fuel_before = budget.fuel.max(1);
         let result = match store.set_fuel(fuel_before) {
             Ok(()) => {
+                let _running = super::engine::running();
                 store.set_epoch_deadline(ticks);
                 drive_ready(f(bindings, store, std::marker::PhantomData))
             }

@@ -197,6 +197,9 @@ core.register_fetches("ok", function(txn) return "fine" end)
     wait_stderr(&p, "the task's timeout", Duration::from_secs(5), |l| {
         l.contains("task 'lua.task1' failed") && l.contains("execution timeout")
     });
+    // No guest runs now: the epoch thread pauses, and must wake for the
+    // next call for its deadline to hold.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     for (path, status) in [
         ("/fetch", 200),
         ("/conv", 200),
