@@ -104,6 +104,7 @@ async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<Conn, Up
     .map_err(UpstreamError::Connect)?;
     let _ = stream.set_nodelay(true);
     let (tx, driver) = http1::Builder::new()
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(UpstreamError::Http)?;
@@ -125,7 +126,9 @@ pub async fn send(
     loop {
         let (mut conn, reused) = match pool.take() {
             Some(c) => (c, true),
-            None => (connect(addr, connect_timeout).await?, false),
+            // Boxed: a new connection is the rare case, and its future
+            // would otherwise enlarge every request's.
+            None => (Box::pin(connect(addr, connect_timeout)).await?, false),
         };
         let result = {
             let Conn { tx, driver } = &mut conn;
