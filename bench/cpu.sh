@@ -7,17 +7,19 @@
 # Prints each 6 s run's req/s and p99 (after a 2 s warm-up), and the
 # proxy's user and system CPU time per request, from /proc/PID/stat: less
 # noisy than req/s on a shared machine, as what a proxy spends per request
-# does not depend on how much of the machine it got.
+# does not depend on how much of the machine it got. CFG names another
+# configuration with s1 on port 18101 (default: the anchor's).
 set -u
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RUN="${RUN:-/tmp/moonbox-cpu}"
 ROUNDS="${ROUNDS:-3}"
+CFG="${CFG:-$ANCHOR/haproxy.cfg}"
 start_nginx "$RUN"
 TCK=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15, $14, $15}' "/proc/$1/stat"; }
 for round in $(seq "$ROUNDS"); do
     for bin in "$@"; do
-        ANCHOR_DIR="$ANCHOR" HAP_THREADS=1 "$bin" -q -f "$ANCHOR/haproxy.cfg" >"$RUN/proxy.log" 2>&1 &
+        ANCHOR_DIR="$ANCHOR" HAP_THREADS=1 "$bin" -q -f "$CFG" >"$RUN/proxy.log" 2>&1 &
         pid=$!
         wait_for http://127.0.0.1:18101/
         wrk -t1 -c50 -d2s http://127.0.0.1:18101/ >/dev/null
