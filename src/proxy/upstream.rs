@@ -8,7 +8,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +31,98 @@ type Driver = http1::Connection<TokioIo<TcpStream>, Body>;
 struct Conn {
     tx: http1::SendRequest<Body>,
     driver: Pin<Box<Driver>>,
+    /// What the connection's parts wake (see [`Inline`]).
+    inline: Arc<Inline>,
+    waker: Waker,
+}
+
+impl Conn {
+    fn new(tx: http1::SendRequest<Body>, driver: Driver) -> Conn {
+        let inline = Arc::new(Inline::default());
+        Conn {
+            tx,
+            driver: Box::pin(driver),
+            waker: Waker::from(Arc::clone(&inline)),
+            inline,
+        }
+    }
+}
+
+const IDLE: u8 = 0;
+const POLLING: u8 = 1;
+const WOKEN: u8 = 2;
+
+/// The waker a request gives its connection and the channels between them
+/// (hyper's request queue, the response's hand-over, the body's demand).
+///
+/// Most wakes come from the request's own poll: it queues a request, the
+/// connection it drives hands the response over, the body asks for data.
+/// Passed on to the task, each would poll the task again for nothing, and
+/// with it the client's connection. Instead a wake during the poll makes
+/// the poll go round once more; only one between polls (the socket is
+/// ready) wakes the task.
+#[derive(Default)]
+struct Inline {
+    state: AtomicU8,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Inline {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self
+            .state
+            .compare_exchange(POLLING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+            && self.state.load(Ordering::Acquire) == IDLE
+            && let Some(w) = self.task.lock().as_ref()
+        {
+            w.wake_by_ref();
+        }
+    }
+}
+
+/// The most rounds of one poll; past them the task is woken to come back.
+const ROUNDS: usize = 8;
+
+impl Inline {
+    /// Polls `f` with the connection's waker, again while something woke
+    /// it meanwhile. A wake left over when `f` is ready needs nothing: the
+    /// connection is polled again whenever it is used next.
+    fn poll<R>(
+        &self,
+        waker: &Waker,
+        cx: &mut Context<'_>,
+        mut f: impl FnMut(&mut Context<'_>) -> Poll<R>,
+    ) -> Poll<R> {
+        {
+            let mut task = self.task.lock();
+            if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        let mut icx = Context::from_waker(waker);
+        for _ in 0..ROUNDS {
+            self.state.store(POLLING, Ordering::Release);
+            if let Poll::Ready(r) = f(&mut icx) {
+                self.state.store(IDLE, Ordering::Release);
+                return Poll::Ready(r);
+            }
+            if self
+                .state
+                .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Poll::Pending;
+            }
+        }
+        self.state.store(IDLE, Ordering::Release);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
 
 /// Idle connections to one server.
@@ -108,10 +201,7 @@ async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<Conn, Up
         .handshake(TokioIo::new(stream))
         .await
         .map_err(UpstreamError::Http)?;
-    Ok(Conn {
-        tx,
-        driver: Box::pin(driver),
-    })
+    Ok(Conn::new(tx, driver))
 }
 
 /// Sends a request to the server at `addr` over a pooled connection (or a
@@ -131,17 +221,24 @@ pub async fn send(
             None => (Box::pin(connect(addr, connect_timeout)).await?, false),
         };
         let result = {
-            let Conn { tx, driver } = &mut conn;
+            let Conn {
+                tx,
+                driver,
+                inline,
+                waker,
+            } = &mut conn;
             let fut = tx.try_send_request(req);
             let mut fut = std::pin::pin!(fut);
             std::future::poll_fn(|cx| {
-                // Drive the connection, then look for the response head.
-                let closed = driver.as_mut().poll(cx).is_ready();
-                match fut.as_mut().poll(cx) {
-                    Poll::Ready(r) => Poll::Ready(Some(r)),
-                    Poll::Pending if closed => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                }
+                inline.poll(waker, cx, |cx| {
+                    // Drive the connection, then look for the response head.
+                    let closed = driver.as_mut().poll(cx).is_ready();
+                    match fut.as_mut().poll(cx) {
+                        Poll::Ready(r) => Poll::Ready(Some(r)),
+                        Poll::Pending if closed => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
             })
             .await
         };
@@ -181,10 +278,13 @@ struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn release(&mut self, cx: &mut Context<'_>) {
+    fn release(&mut self) {
         if let Some(mut c) = self.conn.take() {
-            // Let the connection notice the end of the message.
-            if c.driver.as_mut().poll(cx).is_pending() && c.tx.is_ready() {
+            // Let the connection notice the end of the message. An idle
+            // connection in the pool wakes nobody: it is polled again by
+            // the request that takes it.
+            let mut cx = Context::from_waker(Waker::noop());
+            if c.driver.as_mut().poll(&mut cx).is_pending() && c.tx.is_ready() {
                 self.pool.put(c);
             }
         }
@@ -199,7 +299,7 @@ impl Drop for UpstreamBody {
     /// drives the connection with its own waker.
     fn drop(&mut self) {
         if self.conn.is_some() && self.inner.is_end_stream() {
-            self.release(&mut Context::from_waker(std::task::Waker::noop()));
+            self.release();
         }
     }
 }
@@ -212,17 +312,28 @@ impl HttpBody for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(c) = self.conn.as_mut()
-            && c.driver.as_mut().poll(cx).is_ready()
-        {
-            // The connection ended; the body reports how.
-            self.conn = None;
-        }
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = &mut *self;
+        let r = match this.conn.as_mut() {
+            Some(c) => {
+                let mut ended = false;
+                let r = c.inline.poll(&c.waker, cx, |cx| {
+                    if !ended && c.driver.as_mut().poll(cx).is_ready() {
+                        // The connection ended; the body reports how.
+                        ended = true;
+                    }
+                    Pin::new(&mut this.inner).poll_frame(cx)
+                });
+                if ended {
+                    this.conn = None;
+                }
+                r
+            }
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+        };
         match &r {
             // After a last data frame the connection goes back to the pool
             // when the body is dropped (see Drop).
-            Poll::Ready(None) => self.release(cx),
+            Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Err(_))) => self.conn = None,
             _ => {}
         }

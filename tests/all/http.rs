@@ -90,6 +90,163 @@ async fn recording_server(
     Ok((addr, seen))
 }
 
+/// A server that answers each request with `STREAM_CHUNKS` chunks of
+/// `STREAM_CHUNK` bytes (byte `i` is `i % 251`), pausing every few chunks.
+async fn streaming_server() -> Result<std::net::SocketAddr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                // Keep-alive: one response per request head.
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    head.clear();
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let mut at = 0usize;
+                    for i in 0..STREAM_CHUNKS {
+                        let data: Vec<u8> =
+                            (at..at + STREAM_CHUNK).map(|b| (b % 251) as u8).collect();
+                        at += STREAM_CHUNK;
+                        let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+                        out.extend_from_slice(&data);
+                        out.extend_from_slice(b"\r\n");
+                        if s.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        if i % 8 == 0 {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                    if s.write_all(b"0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+const STREAM_CHUNK: usize = 100_000;
+const STREAM_CHUNKS: usize = 80;
+
+/// Large bodies in both directions, with the sender and the receiver each
+/// pausing now and then: every wait of the proxy on either side must be
+/// woken when the other side can go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_through_pauses_on_both_sides() -> Result<()> {
+    // A wake-up lost on the way shows as a transfer that stops. Two
+    // threads: wakes also come from the other one.
+    tokio::time::timeout(Duration::from_secs(60), stream_large_bodies())
+        .await
+        .map_err(|_| anyhow::anyhow!("a transfer stalled"))?
+}
+
+async fn stream_large_bodies() -> Result<()> {
+    use http_body_util::BodyExt;
+    let up = streaming_server().await?;
+    let p = start(&cfg(&up.to_string(), "", ""), Registry::new()).await?;
+    let stream = tokio::net::TcpStream::connect(p.addr("fe")).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    for round in 0..2 {
+        let req = http::Request::get("/")
+            .header("host", "a")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let (mut got, mut frames) = (0usize, 0usize);
+        while let Some(f) = body.frame().await {
+            let Ok(data) = f?.into_data() else { continue };
+            for (i, b) in data.iter().enumerate() {
+                assert_eq!(
+                    *b as usize,
+                    (got + i) % 251,
+                    "byte {} of round {round}",
+                    got + i
+                );
+            }
+            got += data.len();
+            frames += 1;
+            // A slow reader: the proxy's writes to it back up.
+            if frames % 16 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(got, STREAM_CHUNK * STREAM_CHUNKS, "round {round}");
+        sender.ready().await?;
+    }
+
+    // A large request body, sent in pieces with pauses, reaches the server
+    // whole.
+    let echo = Upstream::start("up1", Behavior::Echo).await;
+    let p = start(&cfg(&echo.addr.to_string(), "", ""), Registry::new()).await?;
+    let stream = tokio::net::TcpStream::connect(p.addr("fe")).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        for i in 0..40 {
+            if tx
+                .send(bytes::Bytes::from(vec![b'x'; 100_000]))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if i % 8 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    let req = http::Request::post("/up")
+        .header("host", "a")
+        .body(ChannelBody(rx))?;
+    let resp = sender.send_request(req).await?;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("x-echo-body-len")
+            .and_then(|v| v.to_str().ok()),
+        Some("4000000")
+    );
+    Ok(())
+}
+
+/// A request body fed through a channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|d| d.map(|d| Ok(hyper::body::Frame::data(d))))
+    }
+}
+
 #[tokio::test]
 async fn hop_by_hop_headers_stop_at_the_proxy() -> Result<()> {
     // The server answers with headers meant for the proxy alone.
