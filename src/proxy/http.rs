@@ -3,6 +3,7 @@
 //! pooled upstream client, response rules, the access log.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +20,8 @@ use tokio::sync::mpsc;
 
 use super::log::{LogCtx, LogInfo, emit};
 use super::rules::{self, Flow, error_reply};
-use super::state::{ProxyRt, SessionGuard, World};
+use super::state::{ProxyRt, ServerRt, SessionGuard, World};
+use super::timer::{Elapsed, Timeout};
 use super::txn::{Phase, Reply, Session, Txn, header_value};
 use super::upstream::{self, Body, BoxError};
 use super::{balance, next_txn_id, select_backend};
@@ -27,12 +29,17 @@ use crate::config::model::Mode;
 use crate::ext::{BoxFuture, ExtRef, Facility, HttpApplet};
 
 /// Handles one HTTP request from a client of frontend `fe`.
-pub async fn handle(
+///
+/// What needs no waiting is done here, before the future is made: hyper
+/// moves that future into its connection for every request, and an async
+/// function keeps its arguments for its whole life, so the future holds
+/// the transaction rather than the request it was made from.
+pub fn handle(
     world: Arc<World>,
     fe: Arc<ProxyRt>,
     sess: Arc<Session>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
     let (parts, body) = req.into_parts();
     let request_line = if logs(&fe) {
         format!(
@@ -45,55 +52,37 @@ pub async fn handle(
         String::new()
     };
     let mut txn = Txn::new(world, sess, fe.clone(), next_txn_id());
-    tracing::Span::current().record("txn", txn.id);
     txn.phase = Phase::Request;
     txn.req = Some(parts);
     fe.counters.req_tot.fetch_add(1, Ordering::Relaxed);
     let mut info = LogInfo::new();
     info.t_request = Some(Duration::ZERO);
     let mut body = Some(body);
+    // A block, not an async function: those copy their arguments into
+    // the future twice.
+    async move {
+        tracing::Span::current().record("txn", txn.id);
 
-    if fe.config.options.buffer_request
-        && let Some(b) = body.take()
-    {
-        match b.collect().await {
-            Ok(c) => txn.req_body = Some(c.to_bytes()),
-            Err(_) => {
-                info.term = *b"CR--";
-                return Ok(finish_reply(txn, error_reply(400), info, request_line, None).await);
+        if fe.config.options.buffer_request
+            && let Some(b) = body.take()
+        {
+            match b.collect().await {
+                Ok(c) => txn.req_body = Some(c.to_bytes()),
+                Err(_) => {
+                    info.term = *b"CR--";
+                    return Ok(finish_reply(txn, error_reply(400), info, request_line, None).await);
+                }
             }
         }
-    }
 
-    // tcp-request content rules also apply to HTTP streams.
-    let flow = match rules::run(&fe.config.tcp_request_content, Facility::TcpReq, &mut txn).await {
-        Flow::Next => rules::run(&fe.config.http_request, Facility::HttpReq, &mut txn).await,
-        other => other,
-    };
-    match flow {
-        Flow::Next => {}
-        Flow::Reply(r) => {
-            info.term = *b"PR--";
-            return Ok(finish_reply(txn, r, info, request_line, None).await);
-        }
-        Flow::Service(s) => {
-            return Ok(Box::pin(run_service(txn, s, body, info, request_line)).await);
-        }
-        Flow::Close => return Ok(close_response(txn, info, request_line)),
-    }
-
-    // Backend selection.
-    let be = match select_backend(&fe, &mut txn) {
-        Some(be) => be,
-        None => {
-            info.term = *b"SC--";
-            return Ok(finish_reply(txn, error_reply(503), info, request_line, None).await);
-        }
-    };
-    txn.backend = Some(be.clone());
-    if !Arc::ptr_eq(&be, &fe) {
-        be.counters.req_tot.fetch_add(1, Ordering::Relaxed);
-        match rules::run(&be.config.http_request, Facility::HttpReq, &mut txn).await {
+        // tcp-request content rules also apply to HTTP streams.
+        let flow = match rules::run(&fe.config.tcp_request_content, Facility::TcpReq, &mut txn)
+            .await
+        {
+            Flow::Next => rules::run(&fe.config.http_request, Facility::HttpReq, &mut txn).await,
+            other => other,
+        };
+        match flow {
             Flow::Next => {}
             Flow::Reply(r) => {
                 info.term = *b"PR--";
@@ -104,119 +93,159 @@ pub async fn handle(
             }
             Flow::Close => return Ok(close_response(txn, info, request_line)),
         }
-    }
-    let be_guard = be.counters.open_session();
 
-    let (srv, srv_guard, queued) = match balance::acquire(&be, txn.sess.src.ip()).await {
-        Ok(got) => got,
-        Err(why) => {
-            info.term = match why {
-                balance::Unavailable::NoServer => *b"SC--",
-                balance::Unavailable::QueueTimeout => *b"sQ--",
-            };
-            tracing::debug!(backend = %be.name, ?why, "no server available");
-            return Ok(finish_reply(
-                txn,
-                error_reply(503),
-                info,
-                request_line,
-                Some(vec![be_guard]),
-            )
-            .await);
+        // Backend selection.
+        let be = match select_backend(&fe, &mut txn) {
+            Some(be) => be,
+            None => {
+                info.term = *b"SC--";
+                return Ok(finish_reply(txn, error_reply(503), info, request_line, None).await);
+            }
+        };
+        txn.backend = Some(be.clone());
+        if !Arc::ptr_eq(&be, &fe) {
+            be.counters.req_tot.fetch_add(1, Ordering::Relaxed);
+            match rules::run(&be.config.http_request, Facility::HttpReq, &mut txn).await {
+                Flow::Next => {}
+                Flow::Reply(r) => {
+                    info.term = *b"PR--";
+                    return Ok(finish_reply(txn, r, info, request_line, None).await);
+                }
+                Flow::Service(s) => {
+                    return Ok(Box::pin(run_service(txn, s, body, info, request_line)).await);
+                }
+                Flow::Close => return Ok(close_response(txn, info, request_line)),
+            }
         }
-    };
-    txn.server = Some(srv.clone());
-    info.t_queue = Some(queued);
-    let guards = vec![be_guard, srv_guard];
+        let be_guard = be.counters.open_session();
 
-    // Build the upstream request. The request headers move to the server,
-    // as in HAProxy: response rules no longer see them.
-    let Some(req) = txn.req.as_mut() else {
-        return Ok(finish_reply(txn, error_reply(500), info, request_line, Some(guards)).await);
-    };
+        let (srv, srv_guard, queued) = match balance::acquire(&be, txn.sess.src.ip()).await {
+            Ok(got) => got,
+            Err(why) => {
+                info.term = match why {
+                    balance::Unavailable::NoServer => *b"SC--",
+                    balance::Unavailable::QueueTimeout => *b"sQ--",
+                };
+                tracing::debug!(backend = %be.name, ?why, "no server available");
+                return Ok(finish_reply(
+                    txn,
+                    error_reply(503),
+                    info,
+                    request_line,
+                    Some(vec![be_guard]),
+                )
+                .await);
+            }
+        };
+        txn.server = Some(srv.clone());
+        info.t_queue = Some(queued);
+        let guards = vec![be_guard, srv_guard];
+
+        // Build the upstream request. The request headers move to the server,
+        // as in HAProxy: response rules no longer see them.
+        let Some(up_req) = upstream_request(&mut txn, &fe, body.take()) else {
+            return Ok(finish_reply(txn, error_reply(500), info, request_line, Some(guards)).await);
+        };
+        // The server's response time, for the access log (`Tr`).
+        let t0 = logs(&fe).then(std::time::Instant::now);
+        let result = match forward(&txn.world, &srv, &be, up_req).await {
+            Ok(r) => r.map_err(Some),
+            Err(Elapsed) => Err(None),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(None) => {
+                info.term = *b"sH--";
+                srv.counters.eresp.fetch_add(1, Ordering::Relaxed);
+                be.counters.eresp.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(backend = %be.name, server = %srv.name, "server timeout: no response within 'timeout server'");
+                return Ok(
+                    finish_reply(txn, error_reply(504), info, request_line, Some(guards)).await,
+                );
+            }
+            Err(Some(e)) => {
+                let connect = e.is_connect();
+                let (status, term) = if connect {
+                    (503, *b"SC--")
+                } else {
+                    (502, *b"SH--")
+                };
+                info.term = term;
+                if connect {
+                    srv.counters.econ.fetch_add(1, Ordering::Relaxed);
+                    be.counters.econ.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    srv.counters.eresp.fetch_add(1, Ordering::Relaxed);
+                    be.counters.eresp.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(backend = %be.name, server = %srv.name, "server error: {}", error_chain(&e));
+                return Ok(finish_reply(
+                    txn,
+                    error_reply(status),
+                    info,
+                    request_line,
+                    Some(guards),
+                )
+                .await);
+            }
+        };
+        info.t_connect = Some(Duration::ZERO);
+        info.t_response = t0.map(|t| t.elapsed());
+        let (mut rparts, rbody) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        txn.phase = Phase::Response;
+        txn.res = Some(rparts);
+
+        // Response rules: backend first, then frontend.
+        let mut flow = rules::run(&be.config.http_response, Facility::HttpRes, &mut txn).await;
+        if matches!(flow, Flow::Next) && !Arc::ptr_eq(&be, &fe) {
+            flow = rules::run(&fe.config.http_response, Facility::HttpRes, &mut txn).await;
+        }
+        match flow {
+            Flow::Next => {}
+            Flow::Reply(r) => {
+                info.term = *b"PH--";
+                return Ok(finish_reply(txn, r, info, request_line, Some(guards)).await);
+            }
+            Flow::Service(_) | Flow::Close => return Ok(close_response(txn, info, request_line)),
+        }
+        Ok(respond(txn, rbody, info, request_line, Some(guards)).await)
+    }
+}
+
+/// The request for the server: the client's method, URI and headers
+/// (taken from the transaction), and its body. `None` when the
+/// transaction has no request.
+fn upstream_request(txn: &mut Txn, fe: &ProxyRt, body: Option<Incoming>) -> Option<Request<Body>> {
+    let req = txn.req.as_mut()?;
     let mut parts = Request::new(()).into_parts().0;
     parts.method = req.method.clone();
     parts.uri = req.uri.clone();
     parts.version = req.version;
     parts.headers = std::mem::take(&mut req.headers);
-    prepare_upstream_request(&mut parts, &fe, &txn);
-    let up_body: Body = match (txn.req_body.clone(), body.take()) {
+    prepare_upstream_request(&mut parts, fe, txn);
+    let up_body: Body = match (txn.req_body.clone(), body) {
         (Some(b), _) => Full::new(b)
             .map_err(|e: Infallible| -> BoxError { match e {} })
             .boxed(),
         (None, Some(b)) => b.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
-        (None, None) => Full::new(Bytes::new())
-            .map_err(|e: Infallible| -> BoxError { match e {} })
-            .boxed(),
+        (None, None) => empty(),
     };
-    let up_req = Request::from_parts(parts, up_body);
-    // The server's response time, for the access log (`Tr`).
-    let t0 = logs(&fe).then(std::time::Instant::now);
-    // Pinned where it is made: the request's largest future never moves.
-    let fut = std::pin::pin!(upstream::send(
-        &srv.pool,
-        srv.addr,
-        be.config.timeouts.connect,
-        up_req
-    ));
-    let result = match be.config.timeouts.server {
-        Some(t) => match txn.world.timers.timeout(t, fut).await {
-            Ok(r) => r.map_err(Some),
-            Err(_) => Err(None),
-        },
-        None => fut.await.map_err(Some),
-    };
-    let resp = match result {
-        Ok(r) => r,
-        Err(None) => {
-            info.term = *b"sH--";
-            srv.counters.eresp.fetch_add(1, Ordering::Relaxed);
-            be.counters.eresp.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(backend = %be.name, server = %srv.name, "server timeout: no response within 'timeout server'");
-            return Ok(finish_reply(txn, error_reply(504), info, request_line, Some(guards)).await);
-        }
-        Err(Some(e)) => {
-            let connect = e.is_connect();
-            let (status, term) = if connect {
-                (503, *b"SC--")
-            } else {
-                (502, *b"SH--")
-            };
-            info.term = term;
-            if connect {
-                srv.counters.econ.fetch_add(1, Ordering::Relaxed);
-                be.counters.econ.fetch_add(1, Ordering::Relaxed);
-            } else {
-                srv.counters.eresp.fetch_add(1, Ordering::Relaxed);
-                be.counters.eresp.fetch_add(1, Ordering::Relaxed);
-            }
-            tracing::warn!(backend = %be.name, server = %srv.name, "server error: {}", error_chain(&e));
-            return Ok(
-                finish_reply(txn, error_reply(status), info, request_line, Some(guards)).await,
-            );
-        }
-    };
-    info.t_connect = Some(Duration::ZERO);
-    info.t_response = t0.map(|t| t.elapsed());
-    let (mut rparts, rbody) = resp.into_parts();
-    strip_hop_by_hop(&mut rparts.headers);
-    txn.phase = Phase::Response;
-    txn.res = Some(rparts);
+    Some(Request::from_parts(parts, up_body))
+}
 
-    // Response rules: backend first, then frontend.
-    let mut flow = rules::run(&be.config.http_response, Facility::HttpRes, &mut txn).await;
-    if matches!(flow, Flow::Next) && !Arc::ptr_eq(&be, &fe) {
-        flow = rules::run(&fe.config.http_response, Facility::HttpRes, &mut txn).await;
-    }
-    match flow {
-        Flow::Next => {}
-        Flow::Reply(r) => {
-            info.term = *b"PH--";
-            return Ok(finish_reply(txn, r, info, request_line, Some(guards)).await);
-        }
-        Flow::Service(_) | Flow::Close => return Ok(close_response(txn, info, request_line)),
-    }
-    Ok(respond(txn, rbody, info, request_line, Some(guards)).await)
+/// Sends `req` to `srv` and waits for the response head, for at most the
+/// backend's `timeout server`.
+fn forward<'a>(
+    world: &World,
+    srv: &'a ServerRt,
+    be: &ProxyRt,
+    req: Request<Body>,
+) -> Timeout<impl Future<Output = Result<Response<Body>, upstream::UpstreamError>> + 'a> {
+    world.timers.timeout_opt(
+        be.config.timeouts.server,
+        upstream::send(&srv.pool, srv.addr, be.config.timeouts.connect, req),
+    )
 }
 
 fn prepare_upstream_request(parts: &mut http::request::Parts, fe: &ProxyRt, txn: &Txn) {
@@ -365,62 +394,66 @@ fn finish_reply(
 }
 
 /// Runs `http-after-response`, counts, and wraps the body so the access log
-/// is written when the response ends.
-async fn respond(
+/// is written when the response ends. (A block rather than an async
+/// function, which would keep its arguments twice in its future.)
+#[allow(clippy::manual_async_fn)]
+fn respond(
     mut txn: Txn,
     body: Body,
     mut info: LogInfo,
     request_line: String,
     guards: Option<Vec<SessionGuard>>,
-) -> Response<Body> {
-    let fe = txn.frontend.clone();
-    let _ = rules::run(
-        &fe.config.http_after_response,
-        Facility::HttpAfterRes,
-        &mut txn,
-    )
-    .await;
-    if let Some(be) = txn.backend.clone()
-        && !Arc::ptr_eq(&be, &fe)
-    {
+) -> impl Future<Output = Response<Body>> + Send + 'static {
+    async move {
+        let fe = txn.frontend.clone();
         let _ = rules::run(
-            &be.config.http_after_response,
+            &fe.config.http_after_response,
             Facility::HttpAfterRes,
             &mut txn,
         )
         .await;
+        if let Some(be) = txn.backend.clone()
+            && !Arc::ptr_eq(&be, &fe)
+        {
+            let _ = rules::run(
+                &be.config.http_after_response,
+                Facility::HttpAfterRes,
+                &mut txn,
+            )
+            .await;
+        }
+        let mut parts = match txn.res.take() {
+            Some(p) => p,
+            None => Response::new(()).into_parts().0,
+        };
+        if fe.config.options.httpclose {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let status = parts.status.as_u16();
+        info.status = Some(status);
+        fe.counters.count_status(status);
+        if let Some(be) = &txn.backend
+            && !Arc::ptr_eq(be, &fe)
+        {
+            be.counters.count_status(status);
+        }
+        let log = if logs(&fe) {
+            Some(LogCtx::new(&txn, request_line, info))
+        } else {
+            None
+        };
+        let tracked = Tracked {
+            inner: body,
+            bytes: 0,
+            log,
+            guards,
+            fe_counters: fe.counters.clone(),
+            done: false,
+        };
+        Response::from_parts(parts, tracked.boxed())
     }
-    let mut parts = match txn.res.take() {
-        Some(p) => p,
-        None => Response::new(()).into_parts().0,
-    };
-    if fe.config.options.httpclose {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    let status = parts.status.as_u16();
-    info.status = Some(status);
-    fe.counters.count_status(status);
-    if let Some(be) = &txn.backend
-        && !Arc::ptr_eq(be, &fe)
-    {
-        be.counters.count_status(status);
-    }
-    let log = if logs(&fe) {
-        Some(LogCtx::new(&txn, request_line, info))
-    } else {
-        None
-    };
-    let tracked = Tracked {
-        inner: body,
-        bytes: 0,
-        log,
-        guards,
-        fe_counters: fe.counters.clone(),
-        done: false,
-    };
-    Response::from_parts(parts, tracked.boxed())
 }
 
 fn close_response(txn: Txn, mut info: LogInfo, request_line: String) -> Response<Body> {

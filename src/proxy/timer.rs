@@ -82,7 +82,7 @@ pin_project_lite::pin_project! {
     pub struct Timeout<F> {
         #[pin]
         fut: F,
-        sleep: Sleep,
+        sleep: Option<Sleep>,
     }
 }
 
@@ -94,7 +94,10 @@ impl<F: Future> Future for Timeout<F> {
         if let Poll::Ready(r) = this.fut.poll(cx) {
             return Poll::Ready(Ok(r));
         }
-        Pin::new(this.sleep).poll(cx).map(|()| Err(Elapsed))
+        match this.sleep {
+            Some(sleep) => Pin::new(sleep).poll(cx).map(|()| Err(Elapsed)),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -111,9 +114,15 @@ impl Timers {
     /// Runs `fut` for at most `limit`. (A future that is large and should
     /// not move can be passed pinned: `timeout(t, pin!(fut))`.)
     pub fn timeout<F: Future>(self: &Arc<Self>, limit: Duration, fut: F) -> Timeout<F> {
+        self.timeout_opt(Some(limit), fut)
+    }
+
+    /// Like [`timeout`](Self::timeout), with no limit when `limit` is
+    /// `None`.
+    pub fn timeout_opt<F: Future>(self: &Arc<Self>, limit: Option<Duration>, fut: F) -> Timeout<F> {
         Timeout {
             fut,
-            sleep: self.sleep_until(Instant::now() + limit),
+            sleep: limit.map(|l| self.sleep_until(Instant::now() + l)),
         }
     }
 

@@ -207,63 +207,69 @@ async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<Conn, Up
 /// Sends a request to the server at `addr` over a pooled connection (or a
 /// new one). A request that could not be written on a reused connection
 /// (closed by the server meanwhile) is retried once on a new connection.
-pub async fn send(
+///
+/// (A block rather than an async function, which would keep the request
+/// twice in its future.)
+#[allow(clippy::manual_async_fn)]
+pub fn send(
     pool: &Arc<Pool>,
     addr: SocketAddr,
     connect_timeout: Option<Duration>,
     mut req: http::Request<Body>,
-) -> Result<http::Response<Body>, UpstreamError> {
-    loop {
-        let (mut conn, reused) = match pool.take() {
-            Some(c) => (c, true),
-            // Boxed: a new connection is the rare case, and its future
-            // would otherwise enlarge every request's.
-            None => (Box::pin(connect(addr, connect_timeout)).await?, false),
-        };
-        let result = {
-            let Conn {
-                tx,
-                driver,
-                inline,
-                waker,
-            } = &mut conn;
-            let fut = tx.try_send_request(req);
-            let mut fut = std::pin::pin!(fut);
-            std::future::poll_fn(|cx| {
-                inline.poll(waker, cx, |cx| {
-                    // Drive the connection, then look for the response head.
-                    let closed = driver.as_mut().poll(cx).is_ready();
-                    match fut.as_mut().poll(cx) {
-                        Poll::Ready(r) => Poll::Ready(Some(r)),
-                        Poll::Pending if closed => Poll::Ready(None),
-                        Poll::Pending => Poll::Pending,
-                    }
+) -> impl Future<Output = Result<http::Response<Body>, UpstreamError>> + Send + '_ {
+    async move {
+        loop {
+            let (mut conn, reused) = match pool.take() {
+                Some(c) => (c, true),
+                // Boxed: a new connection is the rare case, and its future
+                // would otherwise enlarge every request's.
+                None => (Box::pin(connect(addr, connect_timeout)).await?, false),
+            };
+            let result = {
+                let Conn {
+                    tx,
+                    driver,
+                    inline,
+                    waker,
+                } = &mut conn;
+                let fut = tx.try_send_request(req);
+                let mut fut = std::pin::pin!(fut);
+                std::future::poll_fn(|cx| {
+                    inline.poll(waker, cx, |cx| {
+                        // Drive the connection, then look for the response head.
+                        let closed = driver.as_mut().poll(cx).is_ready();
+                        match fut.as_mut().poll(cx) {
+                            Poll::Ready(r) => Poll::Ready(Some(r)),
+                            Poll::Pending if closed => Poll::Ready(None),
+                            Poll::Pending => Poll::Pending,
+                        }
+                    })
                 })
-            })
-            .await
-        };
-        match result {
-            Some(Ok(resp)) => {
-                let (parts, incoming) = resp.into_parts();
-                let body = UpstreamBody {
-                    inner: incoming,
-                    conn: Some(conn),
-                    pool: pool.clone(),
-                };
-                return Ok(http::Response::from_parts(parts, BoxBody::new(body)));
-            }
-            Some(Err(mut e)) => match e.take_message() {
-                Some(r) if reused => {
-                    req = r;
-                    continue;
+                .await
+            };
+            match result {
+                Some(Ok(resp)) => {
+                    let (parts, incoming) = resp.into_parts();
+                    let body = UpstreamBody {
+                        inner: incoming,
+                        conn: Some(conn),
+                        pool: pool.clone(),
+                    };
+                    return Ok(http::Response::from_parts(parts, BoxBody::new(body)));
                 }
-                _ => return Err(UpstreamError::Http(e.into_error())),
-            },
-            None => {
-                return Err(UpstreamError::Connect(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "connection closed before the response",
-                )));
+                Some(Err(mut e)) => match e.take_message() {
+                    Some(r) if reused => {
+                        req = r;
+                        continue;
+                    }
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
+                None => {
+                    return Err(UpstreamError::Connect(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "connection closed before the response",
+                    )));
+                }
             }
         }
     }
