@@ -290,6 +290,8 @@ impl UpstreamBody {
             // connection in the pool wakes nobody: it is polled again by
             // the request that takes it.
             let mut cx = Context::from_waker(Waker::noop());
+            // Nor does it keep the task that used it alive.
+            *c.inline.task.lock() = None;
             if c.driver.as_mut().poll(&mut cx).is_pending() && c.tx.is_ready() {
                 self.pool.put(c);
             }
