@@ -299,7 +299,25 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
 /// requests have none, and most responses only `Connection: keep-alive`:
 /// one pass over the names finds that out, without hashing any.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if !h.keys().any(is_hop_by_hop) {
+    let (mut found, mut only_connection) = (false, true);
+    for n in h.keys() {
+        if is_hop_by_hop(n) {
+            found = true;
+            only_connection &= n == header::CONNECTION;
+        }
+    }
+    if !found {
+        return;
+    }
+    // The usual case: a lone `Connection: keep-alive` (or `close`), which
+    // names no header to remove with it.
+    if only_connection
+        && h.get_all(header::CONNECTION).iter().all(|v| {
+            let v = v.as_bytes();
+            v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+        })
+    {
+        h.remove(header::CONNECTION);
         return;
     }
     let mut gone: SmallVec<[HeaderName; 4]> = SmallVec::new();
