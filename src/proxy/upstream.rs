@@ -292,7 +292,8 @@ impl UpstreamBody {
             let mut cx = Context::from_waker(Waker::noop());
             // Nor does it keep the task that used it alive.
             *c.inline.task.lock() = None;
-            if c.driver.as_mut().poll(&mut cx).is_pending() && c.tx.is_ready() {
+            if c.tx.is_ready() || (c.driver.as_mut().poll(&mut cx).is_pending() && c.tx.is_ready())
+            {
                 self.pool.put(c);
             }
         }
@@ -325,6 +326,11 @@ impl HttpBody for UpstreamBody {
             Some(c) => {
                 let mut ended = false;
                 let r = c.inline.poll(&c.waker, cx, |cx| {
+                    // Asking for data first lets the connection's poll
+                    // below deliver it.
+                    if let Poll::Ready(r) = Pin::new(&mut this.inner).poll_frame(cx) {
+                        return Poll::Ready(r);
+                    }
                     if !ended && c.driver.as_mut().poll(cx).is_ready() {
                         // The connection ended; the body reports how.
                         ended = true;
