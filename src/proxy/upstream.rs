@@ -286,12 +286,13 @@ struct UpstreamBody {
 impl UpstreamBody {
     fn release(&mut self) {
         if let Some(mut c) = self.conn.take() {
-            // Let the connection notice the end of the message. An idle
-            // connection in the pool wakes nobody: it is polled again by
-            // the request that takes it.
-            let mut cx = Context::from_waker(Waker::noop());
-            // Nor does it keep the task that used it alive.
+            // An idle connection in the pool wakes nobody, nor keeps the
+            // task that used it alive: it is polled again by the request
+            // that takes it.
             *c.inline.task.lock() = None;
+            // A sender ready again means the connection has seen the end
+            // of the message; otherwise one more poll lets it see it.
+            let mut cx = Context::from_waker(Waker::noop());
             if c.tx.is_ready() || (c.driver.as_mut().poll(&mut cx).is_pending() && c.tx.is_ready())
             {
                 self.pool.put(c);
