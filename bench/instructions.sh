@@ -8,6 +8,8 @@
 # binary, whatever else the machine does. The anchor's own config loads Lua, whose Wasm engine
 # reserves more address space than valgrind allows, so bench/moonbox-s1.cfg
 # is used. Each binary serves 3 s of warm-up, then is measured for 5 s.
+# CACHE=1 also simulates the caches and prints first-level misses per
+# request (instruction reads, data reads, data writes).
 set -u
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/lib.sh"
@@ -16,7 +18,9 @@ start_nginx "$RUN"
 for bin in "$@"; do
     out="$RUN/callgrind.$(basename "$bin")"
     rm -f "$out".*
-    HAP_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$bin" -q -f "$HERE/moonbox-s1.cfg" >"$RUN/proxy.log" 2>&1 &
+    sim=()
+    [ "${CACHE:-0}" = 1 ] && sim=(--cache-sim=yes)
+    HAP_THREADS=1 valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$out.%p" "$bin" -q -f "$HERE/moonbox-s1.cfg" >"$RUN/proxy.log" 2>&1 &
     pid=$!
     # Slow to start under valgrind.
     wait_for http://127.0.0.1:18101/ 150
@@ -28,6 +32,10 @@ for bin in "$@"; do
     dump=$(ls -t "$out.$pid".* | head -1)
     ir=$(awk '/^summary:/{print $2}' "$dump")
     echo "$bin: $reqs requests, $((ir / reqs)) instructions per request ($dump)"
+    if [ "${CACHE:-0}" = 1 ]; then
+        awk -v n="$reqs" '/^summary:/ {
+            printf "  L1 misses per request: instructions %d, data reads %d, data writes %d\n", $5 / n, $6 / n, $7 / n }' "$dump"
+    fi
     kill "$pid"
     wait "$pid" 2>/dev/null
 done
