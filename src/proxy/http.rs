@@ -82,6 +82,23 @@ pub fn handle(
             Flow::Next => rules::run(&fe.config.http_request, Facility::HttpReq, &mut txn).await,
             other => other,
         };
+        // Then the backend is chosen, and its own request rules run.
+        let flow = match flow {
+            Flow::Next => {
+                let Some(be) = select_backend(&fe, &mut txn) else {
+                    info.term = *b"SC--";
+                    return Ok(finish_reply(txn, error_reply(503), info, request_line, None).await);
+                };
+                txn.backend = Some(be.clone());
+                if Arc::ptr_eq(&be, &fe) {
+                    Flow::Next
+                } else {
+                    be.counters.req_tot.fetch_add(1, Ordering::Relaxed);
+                    rules::run(&be.config.http_request, Facility::HttpReq, &mut txn).await
+                }
+            }
+            other => other,
+        };
         match flow {
             Flow::Next => {}
             Flow::Reply(r) => {
@@ -93,30 +110,10 @@ pub fn handle(
             }
             Flow::Close => return Ok(close_response(txn, info, request_line)),
         }
-
-        // Backend selection.
-        let be = match select_backend(&fe, &mut txn) {
-            Some(be) => be,
-            None => {
-                info.term = *b"SC--";
-                return Ok(finish_reply(txn, error_reply(503), info, request_line, None).await);
-            }
+        // Set above whenever the rules let the request go on.
+        let Some(be) = txn.backend.clone() else {
+            return Ok(finish_reply(txn, error_reply(500), info, request_line, None).await);
         };
-        txn.backend = Some(be.clone());
-        if !Arc::ptr_eq(&be, &fe) {
-            be.counters.req_tot.fetch_add(1, Ordering::Relaxed);
-            match rules::run(&be.config.http_request, Facility::HttpReq, &mut txn).await {
-                Flow::Next => {}
-                Flow::Reply(r) => {
-                    info.term = *b"PR--";
-                    return Ok(finish_reply(txn, r, info, request_line, None).await);
-                }
-                Flow::Service(s) => {
-                    return Ok(Box::pin(run_service(txn, s, body, info, request_line)).await);
-                }
-                Flow::Close => return Ok(close_response(txn, info, request_line)),
-            }
-        }
         let be_guard = be.counters.open_session();
 
         let (srv, srv_guard, queued) = match balance::acquire(&be, txn.sess.src.ip()).await {
