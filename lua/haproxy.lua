@@ -774,9 +774,15 @@ function AppletHTTP:start_response()
     self._started = true
     mb.applet_start(self._status, self._reason, self._headers)
 end
+-- Sent data is queued for the client without waiting, as into HAProxy's
+-- channel buffer; only a full queue waits.
+local function applet_send(data)
+    data = tostring(data)
+    if not mb.applet_write(data) then mb.applet_send(data) end
+end
 function AppletHTTP:send(data)
     self:start_response()
-    mb.applet_send(tostring(data))
+    applet_send(data)
 end
 function AppletHTTP:receive(size)
     if size == nil then return mb.applet_receive("all") or "" end
@@ -808,7 +814,7 @@ function AppletTCP:try_receive()
     return data
 end
 function AppletTCP:getline() return mb.applet_receive("line") or "" end
-function AppletTCP:send(data) mb.applet_send(tostring(data)) end
+function AppletTCP:send(data) applet_send(data) end
 AppletTCP.get_var = TXN.get_var
 AppletTCP.set_var = TXN.set_var
 AppletTCP.unset_var = TXN.unset_var

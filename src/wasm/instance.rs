@@ -64,6 +64,8 @@ pub struct Ctx {
     pub maps: Option<Arc<crate::sample::map::MapStore>>,
     /// The request of the service being run.
     pub applet: Option<AppletRequest>,
+    /// What the service queued for its client during this call.
+    pub applet_out: super::io::AppletOut,
     pub point: Point,
     /// Folders `files.read` may read from, at load only.
     pub readable: Arc<[std::path::PathBuf]>,
@@ -166,6 +168,9 @@ pub type Outlives<'a, 'n> = std::marker::PhantomData<&'a &'n ()>;
 pub struct Called<R> {
     pub result: Result<R, Fault>,
     pub fuel: u64,
+    /// What a service queued for its client (`applet.write`), to be sent
+    /// before anything else is done with the result.
+    pub out: super::io::AppletOut,
 }
 
 impl Inst {
@@ -201,6 +206,7 @@ impl Inst {
             world: None,
             maps: settings.maps.clone(),
             applet: None,
+            applet_out: Default::default(),
             point: Point::Init,
             readable: Arc::from(settings.preopens.as_slice()),
             regexes: std::collections::HashMap::new(),
@@ -250,6 +256,7 @@ impl Inst {
             return Called {
                 result: Err(Fault::Unavailable(f.to_string())),
                 fuel: 0,
+                out: Default::default(),
             };
         }
         let slice = match budget.deadline {
@@ -260,6 +267,7 @@ impl Inst {
                     return Called {
                         result: Err(Fault::Timeout(budget.per_call)),
                         fuel: 0,
+                        out: Default::default(),
                     };
                 }
                 left.min(budget.per_call)
@@ -303,6 +311,7 @@ impl Inst {
             ctx.spare = Some(std::mem::replace(t, back));
         }
         ctx.applet = None;
+        let out = std::mem::take(&mut ctx.applet_out);
         let exceeded = ctx.limits.exceeded.take();
         let result = match result {
             Some(Ok(r)) => Ok(r),
@@ -315,6 +324,7 @@ impl Inst {
         Called {
             result,
             fuel: fuel_before.saturating_sub(fuel_left),
+            out,
         }
     }
 }

@@ -69,6 +69,43 @@ pub enum AppletSide<'a> {
     Tcp(&'a mut TcpApplet),
 }
 
+/// What a service queued for its client during one call (the
+/// `applet.start` and `applet.write` imports), sent when the call returns.
+#[derive(Default)]
+pub struct AppletOut {
+    items: Vec<OutItem>,
+    /// Body bytes queued.
+    len: usize,
+}
+
+enum OutItem {
+    Head(AppletHead),
+    Data(Bytes),
+}
+
+impl AppletOut {
+    /// The most a call queues before the guest must wait for its client.
+    pub const LIMIT: usize = 64 * 1024;
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn head(&mut self, head: AppletHead) {
+        self.items.push(OutItem::Head(head));
+    }
+
+    /// Queues `data`, unless the queue is full (then the guest waits).
+    pub fn write(&mut self, data: Vec<u8>) -> bool {
+        if self.len > 0 && self.len + data.len() > Self::LIMIT {
+            return false;
+        }
+        self.len += data.len();
+        self.items.push(OutItem::Data(Bytes::from(data)));
+        true
+    }
+}
+
 /// A connected socket's byte stream: plain TCP or TLS over it.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -159,6 +196,21 @@ impl<'a> IoCtx<'a> {
             Io::AppletStart(head) => self.applet_start(head),
             Io::AppletSend(data) => self.applet_send(data).await,
         }
+    }
+
+    /// Sends what a call queued, in order, as the waits `applet-start`
+    /// and `applet-send` would have. The first failure ends it.
+    pub async fn send_queued(&mut self, out: AppletOut) -> Result<(), String> {
+        for item in out.items {
+            let r = match item {
+                OutItem::Head(head) => self.applet_start(head),
+                OutItem::Data(data) => self.applet_send_bytes(data).await,
+            };
+            if let IoResult::Failed(e) = r {
+                return Err(e.message);
+            }
+        }
+        Ok(())
     }
 
     async fn connect(&mut self, c: ConnectRequest) -> IoResult {
@@ -326,6 +378,10 @@ impl<'a> IoCtx<'a> {
     }
 
     async fn applet_send(&mut self, data: Vec<u8>) -> IoResult {
+        self.applet_send_bytes(Bytes::from(data)).await
+    }
+
+    async fn applet_send_bytes(&mut self, data: Bytes) -> IoResult {
         let n = data.len();
         let r = match &mut self.applet {
             AppletSide::None => return fail(IoErrorKind::Invalid, "no applet: not a service"),
@@ -335,7 +391,7 @@ impl<'a> IoCtx<'a> {
                 {
                     return fail(IoErrorKind::Closed, e.to_string());
                 }
-                a.send(Bytes::from(data)).await
+                a.send(data).await
             }
             AppletSide::Tcp(a) => a.send(&data).await,
         };

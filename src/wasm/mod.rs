@@ -403,6 +403,26 @@ impl WasmExtension {
         );
         loop {
             used += called.fuel;
+            // What the call queued for the service's client goes first,
+            // even when it then failed, as a wait before the failure would
+            // have sent it.
+            if !called.out.is_empty() {
+                let out = std::mem::take(&mut called.out);
+                let sent = tokio::time::timeout_at(io.deadline, io.send_queued(out)).await;
+                let failed = match sent {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(ExtError::Failed(e)),
+                    Err(_) => Some(ExtError::Timeout(format!(
+                        "time limit of {:?} exceeded while sending",
+                        self.settings.timeout
+                    ))),
+                };
+                if let Some(e) = failed {
+                    // A guest left waiting is cancelled.
+                    guard.armed = matches!(called.result, Ok(Step::Wait(_)));
+                    return Err(e);
+                }
+            }
             if point == Point::Task {
                 budget.fuel = self.settings.fuel;
             } else {

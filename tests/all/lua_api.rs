@@ -157,6 +157,50 @@ end)
     Ok(())
 }
 
+#[tokio::test]
+async fn http_applet_output_streams_before_a_wait_and_in_bulk() -> Result<()> {
+    // What a service sends is queued without waiting, but reaches the client
+    // before the service waits (here a sleep), and a large output goes out
+    // whole: 100 sends of 3000 bytes, then one of 100 000.
+    let script = r#"
+core.register_service("stream", "http", function(applet)
+    local x, y = string.rep("x", 3000), string.rep("y", 100000)
+    applet:set_status(200)
+    applet:add_header("content-length", 6 + 100 * #x + #y + 4)
+    applet:start_response()
+    applet:send("part1\n")
+    core.msleep(1500)
+    for _ = 1, 100 do applet:send(x) end
+    applet:send(y)
+    applet:send("end\n")
+end)
+"#;
+    let body = "frontend fe\n    mode http\n    bind 127.0.0.1:0\n    http-request use-service lua.stream\n";
+    let (_d, p) = start(script, "", body)?;
+    let mut s = TcpStream::connect(p.addrs[0]).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("part1") {
+        let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
+            .await
+            .map_err(|_| anyhow::anyhow!("nothing sent before the service's sleep"))??;
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await??;
+    let text = String::from_utf8_lossy(&got);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body.len(), 400_010);
+    assert!(body.starts_with("part1\nxxx"));
+    assert_eq!(body.matches('x').count(), 300_000);
+    assert_eq!(body.matches('y').count(), 100_000);
+    assert!(body.ends_with("yyyend\n"));
+    Ok(())
+}
+
 /// A self-signed certificate for 127.0.0.1 and `localhost`, and a TLS
 /// acceptor serving it.
 fn tls_acceptor() -> tokio_rustls::TlsAcceptor {

@@ -767,28 +767,29 @@ fn primitives(lua: &Lua) -> mlua::Result<Table> {
             },
         )?,
     )?;
+    // The response head and body are queued without waiting; the host
+    // sends them when the call returns. `applet_send` waits, for when the
+    // queue is full.
     mb.set(
         "applet_start",
-        lua.create_async_function(|_, (status, reason, hs): (u16, Option<String>, Table)| {
+        lua.create_function(|_, (status, reason, hs): (u16, Option<String>, Table)| {
             let mut headers = Vec::new();
             for pair in hs.sequence_values::<Table>() {
-                match pair.and_then(|p| Ok((p.get::<String>(1)?, p.get::<String>(2)?))) {
-                    Ok(h) => headers.push(h),
-                    Err(e) => return futures_ready(Err(e)),
-                }
+                let p = pair?;
+                headers.push((p.get::<String>(1)?, p.get::<String>(2)?));
             }
-            Box::pin(async move {
-                match raw::wait(Io::AppletStart(raw::AppletHead {
-                    status,
-                    reason,
-                    headers,
-                }))
-                .await
-                {
-                    IoResult::Failed(e) => Err(lua_err(e.message)),
-                    _ => Ok(()),
-                }
-            }) as Pin<Box<dyn Future<Output = mlua::Result<()>>>>
+            raw::applet_start(&raw::AppletHead {
+                status,
+                reason,
+                headers,
+            })
+            .map_err(lua_err)
+        })?,
+    )?;
+    mb.set(
+        "applet_write",
+        lua.create_function(|_, data: mlua::LuaString| {
+            raw::applet_write(&data.as_bytes()).map_err(lua_err)
         })?,
     )?;
     mb.set(
@@ -831,10 +832,6 @@ fn service_end(r: mlua::Result<()>) -> Result<(), String> {
         Err(e) if is_done(&e) || is_core_done(&e) => Ok(()),
         Err(e) => Err(describe(&e)),
     }
-}
-
-fn futures_ready<T: 'static>(v: mlua::Result<T>) -> Pin<Box<dyn Future<Output = mlua::Result<T>>>> {
-    Box::pin(std::future::ready(v))
 }
 
 /// Creates the state, runs the scripts, and turns what they registered into
@@ -992,20 +989,20 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
                     let (f, lua) = (f.clone(), l.clone());
                     limited(setup.service_timeout, async move {
                         let r = async {
-                            let req = lua.create_table()?;
-                            req.set("method", applet.method.clone())?;
-                            req.set("path", applet.path.clone())?;
-                            req.set("qs", applet.query.clone())?;
-                            req.set("version", applet.version.clone())?;
-                            req.set("length", applet.length)?;
-                            let hs = lua.create_table()?;
+                            let req = lua.create_table_with_capacity(0, 6)?;
+                            req.raw_set("method", applet.method.as_str())?;
+                            req.raw_set("path", applet.path.as_str())?;
+                            req.raw_set("qs", applet.query.as_str())?;
+                            req.raw_set("version", applet.version.as_str())?;
+                            req.raw_set("length", applet.length)?;
+                            let hs = lua.create_table_with_capacity(applet.headers.len(), 0)?;
                             for (i, (n, v)) in applet.headers.iter().enumerate() {
                                 let pair = lua.create_table()?;
                                 pair.raw_set(1, n.as_str())?;
                                 pair.raw_set(2, v.as_str())?;
                                 hs.raw_set(i + 1, pair)?;
                             }
-                            req.set("headers", hs)?;
+                            req.raw_set("headers", hs)?;
                             f.call_async::<()>(req).await
                         }
                         .await;

@@ -404,6 +404,17 @@ pub mod raw {
         super::wait(io).await
     }
 
+    /// Queues the response head of an HTTP service (`applet.start`).
+    pub fn applet_start(head: &AppletHead) -> Result<(), String> {
+        super::host::applet::start(head)
+    }
+
+    /// Queues bytes for the applet's client (`applet.write`); false when
+    /// the queue is full and the guest must wait with `Io::AppletSend`.
+    pub fn applet_write(data: &[u8]) -> Result<bool, String> {
+        super::host::applet::write(data)
+    }
+
     /// Asks the host for a turn (`io::yield`) on behalf of code that
     /// suspends itself without a future, as Lua's forced yields do: the
     /// current poll returns pending and the invocation is resumed after
@@ -673,13 +684,23 @@ impl HttpApplet {
             reason: self.reason.clone(),
             headers: std::mem::take(&mut self.res_headers),
         };
-        expect_ok(wait(wit::Io::AppletStart(head)).await)
+        host::applet::start(&head).map_err(|e| io_error(IoErrorKind::Invalid, &e))
     }
 
     /// Sends body bytes (starting the response first if needed).
     pub async fn send(&mut self, data: impl AsRef<[u8]>) -> Result<usize, IoError> {
         self.start_response().await?;
-        expect_sent(wait(wit::Io::AppletSend(data.as_ref().to_vec())).await)
+        applet_send(data.as_ref()).await
+    }
+}
+
+/// Queues `data` for the applet's client, or waits for it to be sent when
+/// the queue is full.
+async fn applet_send(data: &[u8]) -> Result<usize, IoError> {
+    match host::applet::write(data) {
+        Ok(true) => Ok(data.len()),
+        Ok(false) => expect_sent(wait(wit::Io::AppletSend(data.to_vec())).await),
+        Err(e) => Err(io_error(IoErrorKind::Invalid, &e)),
     }
 }
 
@@ -705,7 +726,7 @@ impl TcpApplet {
         Ok(String::from_utf8_lossy(&b).into_owned())
     }
     pub async fn send(&mut self, data: impl AsRef<[u8]>) -> Result<usize, IoError> {
-        expect_sent(wait(wit::Io::AppletSend(data.as_ref().to_vec())).await)
+        applet_send(data.as_ref()).await
     }
 }
 
