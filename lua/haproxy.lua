@@ -50,8 +50,8 @@ function core.register_service(name, mode, fn)
     need_body("register_service")
     -- The applet is made, and an unstarted response started, inside the
     -- call.
-    mb.register("service", name, function(req)
-        local applet = mb.new_applet(mode, req)
+    mb.register("service", name, function(req_id)
+        local applet = mb.new_applet(mode, req_id)
         fn(applet)
         mb.applet_finish(applet)
     end, mode)
@@ -764,7 +764,34 @@ end
 -- Applets
 
 local AppletHTTP = {}
-AppletHTTP.__index = AppletHTTP
+-- The request's fields are read from the host when first used.
+local REQUEST_FIELDS = { method = true, path = true, qs = true, version = true,
+    length = true, headers = true }
+local function load_request(a)
+    local id = rawget(a, "_req")
+    if id == nil then return end
+    a._req = nil
+    local r = mb.applet_request(id)
+    if r == nil then return end
+    -- HAProxy gives the version as the request line has it ("HTTP/1.1").
+    a.method, a.path, a.qs, a.length = r.method, r.path, r.qs, r.length
+    a.version = "HTTP/" .. r.version
+    a.headers = header_table(r.headers)
+end
+local AppletHTTPMeta = {
+    __index = function(a, k)
+        local m = AppletHTTP[k]
+        if m == nil and REQUEST_FIELDS[k] then
+            load_request(a)
+            return rawget(a, k)
+        end
+        return m
+    end,
+    __pairs = function(a)
+        load_request(a)
+        return next, a, nil
+    end,
+}
 function AppletHTTP:set_status(code, reason) self._status, self._reason = code, reason end
 function AppletHTTP:add_header(name, value)
     self._headers[#self._headers + 1] = { name, tostring(value) }
@@ -821,18 +848,15 @@ AppletTCP.unset_var = TXN.unset_var
 AppletTCP.get_priv = TXN.get_priv
 AppletTCP.set_priv = TXN.set_priv
 
-function mb.new_applet(kind, req)
+function mb.new_applet(kind, req_id)
     local base = { f = Fetches, sf = SFetches, c = Converters, sc = SConverters }
     if kind == "tcp" then return setmetatable(base, AppletTCP) end
-    base.method, base.path, base.qs = req.method, req.path, req.qs
-    base.version, base.length = req.version, req.length
-    base.headers = header_table(req.headers)
-    base._status, base._headers, base._started = 200, {}, false
-    return setmetatable(base, AppletHTTP)
+    base._req, base._status, base._headers, base._started = req_id, 200, {}, false
+    return setmetatable(base, AppletHTTPMeta)
 end
 
 function mb.applet_finish(a)
-    if getmetatable(a) == AppletHTTP and not a._started then a:start_response() end
+    if getmetatable(a) == AppletHTTPMeta and not a._started then a:start_response() end
 end
 
 ---------------------------------------------------------------------------

@@ -173,8 +173,18 @@ end)
 async fn services_and_replies_behave_as_in_haproxy() -> Result<()> {
     let script = r#"
 core.register_service("hello", "http", function(applet)
+    -- The request's fields, enumerated, then read after a wait.
+    local fields = {}
+    for k in pairs(applet) do
+        if k == "method" or k == "path" or k == "qs" or k == "version" or k == "headers" then
+            fields[#fields + 1] = k
+        end
+    end
+    table.sort(fields)
+    core.msleep(1)
     local body = "method=" .. applet.method .. " path=" .. applet.path .. " qs=" .. applet.qs
-        .. " agent=" .. (applet.headers["user-agent"] and applet.headers["user-agent"][0] or "-") .. "\n"
+        .. " agent=" .. (applet.headers["user-agent"] and applet.headers["user-agent"][0] or "-")
+        .. " version=" .. applet.version .. " fields=" .. table.concat(fields, ",") .. "\n"
     applet:set_status(202)
     applet:add_header("content-type", "text/plain")
     applet:add_header("content-length", #body)
@@ -208,7 +218,10 @@ end, 0)
     let (_, m) = &pairs[0];
     assert_eq!(m.status, 202);
     assert_eq!(m.header("x-resp").as_deref(), Some("yes"));
-    assert_eq!(m.body, "method=GET path=/svc/x qs=a=1&b=2 agent=tester/1\n");
+    assert_eq!(
+        m.body,
+        "method=GET path=/svc/x qs=a=1&b=2 agent=tester/1 version=HTTP/1.1 fields=headers,method,path,qs,version\n"
+    );
     Ok(())
 }
 

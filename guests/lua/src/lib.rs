@@ -119,6 +119,12 @@ thread_local! {
     static YIELDABLE: Cell<bool> = const { Cell::new(false) };
     /// The Lua state, alive as long as the instance.
     static STATE: RefCell<Option<Lua>> = const { RefCell::new(None) };
+    /// The requests of the HTTP services running, by a number the script
+    /// gets, until it reads one (`mb.applet_request`). Most services read
+    /// few of the request's fields, and every string handed to Lua costs a
+    /// protected call: the applet's fields are made when first read.
+    static REQUESTS: RefCell<Vec<(u64, HttpApplet)>> = const { RefCell::new(Vec::new()) };
+    static NEXT_REQUEST: Cell<u64> = const { Cell::new(0) };
     /// Whether the code running now is loading (io allowed).
     static LOADING: Cell<bool> = const { Cell::new(false) };
     /// `tune.lua.bool-sample-conversion normal`: boolean samples reach Lua
@@ -787,6 +793,29 @@ fn primitives(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
     mb.set(
+        "applet_request",
+        lua.create_function(|lua, id: u64| {
+            let Some(a) = take_request(id) else {
+                return Ok(Value::Nil);
+            };
+            let req = lua.create_table_with_capacity(0, 6)?;
+            req.raw_set("method", a.method)?;
+            req.raw_set("path", a.path)?;
+            req.raw_set("qs", a.query)?;
+            req.raw_set("version", a.version)?;
+            req.raw_set("length", a.length)?;
+            let hs = lua.create_table_with_capacity(a.headers.len(), 0)?;
+            for (i, (n, v)) in a.headers.into_iter().enumerate() {
+                let pair = lua.create_table_with_capacity(2, 0)?;
+                pair.raw_set(1, n)?;
+                pair.raw_set(2, v)?;
+                hs.raw_set(i + 1, pair)?;
+            }
+            req.raw_set("headers", hs)?;
+            Ok(Value::Table(req))
+        })?,
+    )?;
+    mb.set(
         "applet_write",
         lua.create_function(|_, data: mlua::LuaString| {
             raw::applet_write(&data.as_bytes()).map_err(lua_err)
@@ -823,6 +852,23 @@ fn call_sample(
         Err(e) if is_core_done(&e) => Ok(None),
         Err(e) => Err(describe(&e)),
     }
+}
+
+/// Drops the request of a service that ends without reading it.
+struct Unread(u64);
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        take_request(self.0);
+    }
+}
+
+/// Takes the request of HTTP service `id` out of [`REQUESTS`].
+fn take_request(id: u64) -> Option<HttpApplet> {
+    REQUESTS.with_borrow_mut(|r| {
+        let i = r.iter().position(|(k, _)| *k == id)?;
+        Some(r.swap_remove(i).1)
+    })
 }
 
 /// The outcome of a service: `txn:done()` and `core.done()` end it well.
@@ -984,29 +1030,15 @@ fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
                 });
             }
             Reg::Service(name, true, f) => {
-                let (setup, l) = (setup.clone(), lua.clone());
+                let setup = setup.clone();
                 ext.http_service(&name, move |_txn, applet| {
-                    let (f, lua) = (f.clone(), l.clone());
+                    let f = f.clone();
                     limited(setup.service_timeout, async move {
-                        let r = async {
-                            let req = lua.create_table_with_capacity(0, 6)?;
-                            req.raw_set("method", applet.method.as_str())?;
-                            req.raw_set("path", applet.path.as_str())?;
-                            req.raw_set("qs", applet.query.as_str())?;
-                            req.raw_set("version", applet.version.as_str())?;
-                            req.raw_set("length", applet.length)?;
-                            let hs = lua.create_table_with_capacity(applet.headers.len(), 0)?;
-                            for (i, (n, v)) in applet.headers.iter().enumerate() {
-                                let pair = lua.create_table()?;
-                                pair.raw_set(1, n.as_str())?;
-                                pair.raw_set(2, v.as_str())?;
-                                hs.raw_set(i + 1, pair)?;
-                            }
-                            req.raw_set("headers", hs)?;
-                            f.call_async::<()>(req).await
-                        }
-                        .await;
-                        service_end(r)
+                        let id = NEXT_REQUEST.replace(NEXT_REQUEST.get() + 1);
+                        REQUESTS.with_borrow_mut(|r| r.push((id, applet)));
+                        // Also when the invocation is cancelled.
+                        let _unread = Unread(id);
+                        service_end(f.call_async::<()>(id).await)
                     })
                 });
             }
