@@ -417,7 +417,10 @@ impl WasmExtension {
                         self.settings.timeout
                     ))),
                 };
-                if let Some(e) = failed {
+                // A call that faulted reports its fault below.
+                if let Some(e) = failed
+                    && called.result.is_ok()
+                {
                     // A guest left waiting is cancelled.
                     guard.armed = matches!(called.result, Ok(Step::Wait(_)));
                     return Err(e);
