@@ -16,7 +16,10 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use mlua::{Function, HookTriggers, IntoLua, Lua, MultiValue, Table, Value, Variadic, VmState};
+use mlua::{
+    Function, HookTriggers, IntoLua, Lua, LuaOptions, MultiValue, StdLib, Table, Value, Variadic,
+    VmState,
+};
 use moonbox_sdk::bindings::moonbox::ext as host;
 use moonbox_sdk::prelude::*;
 use moonbox_sdk::raw::{self, Io, IoResult};
@@ -884,7 +887,10 @@ fn service_end(r: mlua::Result<()>) -> Result<(), String> {
 /// the extension's registrations.
 fn init(ext: &mut Registrar, args: &[String]) -> Result<(), String> {
     let setup = Setup::parse(args)?;
-    let lua = Lua::new();
+    // Actions, services and tasks each run as a coroutine: keep finished
+    // ones for the next call rather than make and collect one per call.
+    let lua = Lua::new_with(StdLib::ALL_SAFE, LuaOptions::new().thread_pool_size(64))
+        .map_err(|e| e.to_string())?;
     // Keep Lua's own allocations under the instance's memory cap, so that
     // running out is a Lua error, not a trap.
     let cap = if setup.maxmem > 0 {
