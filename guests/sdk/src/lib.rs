@@ -673,7 +673,8 @@ impl HttpApplet {
         )
     }
 
-    /// Sends the status and headers.
+    /// Sends the status and headers: queued, and sent when the call next
+    /// waits or returns (so it never waits itself).
     pub async fn start_response(&mut self) -> Result<(), IoError> {
         if self.started {
             return Ok(());
@@ -687,7 +688,8 @@ impl HttpApplet {
         host::applet::start(&head).map_err(|e| io_error(IoErrorKind::Invalid, &e))
     }
 
-    /// Sends body bytes (starting the response first if needed).
+    /// Sends body bytes (starting the response first if needed): queued
+    /// like the head, or, once 64 KiB are queued, waiting for the client.
     pub async fn send(&mut self, data: impl AsRef<[u8]>) -> Result<usize, IoError> {
         self.start_response().await?;
         applet_send(data.as_ref()).await
