@@ -66,12 +66,7 @@ impl HttpApplet {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let version = match parts.version {
-            http::Version::HTTP_10 => "1.0",
-            http::Version::HTTP_2 => "2.0",
-            http::Version::HTTP_3 => "3.0",
-            _ => "1.1",
-        };
+        let version = crate::sample::fetch::version_str(parts.version);
         let body_done = body.is_none();
         let applet = HttpApplet {
             method: parts.method.as_str().to_string(),

@@ -785,7 +785,9 @@ fn param_args(args: &[Arg]) -> (Option<&str>, String, bool) {
     (name, delims, ci)
 }
 
-fn version_str(v: Version) -> &'static str {
+/// An HTTP version as `req.ver` gives it ("1.1"); also what extensions
+/// are told (the Lua layer adds HAProxy's `HTTP/` where its API has it).
+pub fn version_str(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "0.9",
         Version::HTTP_10 => "1.0",

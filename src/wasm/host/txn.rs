@@ -274,14 +274,9 @@ impl Host for Ctx {
 
     fn req_version(&mut self) -> String {
         let req = self.txn.as_ref().and_then(|t| t.req.as_ref());
-        req.map(|r| match r.version {
-            http::Version::HTTP_10 => "1.0",
-            http::Version::HTTP_2 => "2.0",
-            http::Version::HTTP_3 => "3.0",
-            _ => "1.1",
-        })
-        .unwrap_or_default()
-        .to_string()
+        req.map(|r| crate::sample::fetch::version_str(r.version))
+            .unwrap_or_default()
+            .to_string()
     }
 
     fn req_set_method(&mut self, method: String) -> Result<(), String> {
