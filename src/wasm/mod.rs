@@ -356,6 +356,14 @@ impl WasmExtension {
         .map(|_| ())
     }
 
+    /// An invocation's time ran out while the host did its I/O.
+    fn out_of_time(&self, doing: &str) -> ExtError {
+        ExtError::Timeout(format!(
+            "time limit of {:?} exceeded while {doing}",
+            self.settings.timeout
+        ))
+    }
+
     /// Runs a resumable invocation (action, service, task) to its end.
     async fn invoke(
         &self,
@@ -412,10 +420,7 @@ impl WasmExtension {
                 let failed = match sent {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(ExtError::Failed(e)),
-                    Err(_) => Some(ExtError::Timeout(format!(
-                        "time limit of {:?} exceeded while sending",
-                        self.settings.timeout
-                    ))),
+                    Err(_) => Some(self.out_of_time("sending")),
                 };
                 // A call that faulted reports its fault below.
                 if let Some(e) = failed
@@ -444,12 +449,7 @@ impl WasmExtension {
                     let r = tokio::time::timeout_at(io.deadline, io.perform(req)).await;
                     match r {
                         Ok(r) => r,
-                        Err(_) => {
-                            return Err(ExtError::Timeout(format!(
-                                "time limit of {:?} exceeded while waiting",
-                                self.settings.timeout
-                            )));
-                        }
+                        Err(_) => return Err(self.out_of_time("waiting")),
                     }
                 }
             };
