@@ -2,9 +2,16 @@
 # and waiting for a proxy to answer.
 ANCHOR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../shared/bench/haproxy-anchor" && pwd)"
 
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/apt-install.sh"
+
 # start_nginx DIR: the anchor's nginx on :18080, run from DIR, stopped when
-# the script exits. (The anchor's run.sh installs nginx and wrk.)
+# the script exits. Installs nginx and wrk where they are missing: without
+# the upstream every proxy would only measure its 503s.
 start_nginx() {
+    local need=()
+    command -v nginx >/dev/null || need+=(nginx)
+    command -v wrk >/dev/null || need+=(wrk)
+    apt_install "${need[@]}"
     mkdir -p "$1/tmp"
     nginx -p "$1/" -e "$1/nginx-error.log" -c "$ANCHOR/nginx.conf" &
     NGINX=$!
