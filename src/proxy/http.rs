@@ -53,10 +53,12 @@ pub fn handle(
     };
     let mut txn = Txn::new(world, sess, fe.clone(), next_txn_id());
     txn.phase = Phase::Request;
-    txn.req = Some(parts);
     fe.counters.req_tot.fetch_add(1, Ordering::Relaxed);
     let mut info = LogInfo::new();
     info.t_request = Some(Duration::ZERO);
+    info.conn_header = added_connection_header(&parts);
+    info.client_http10 = parts.version == Version::HTTP_10;
+    txn.req = Some(parts);
     let mut body = Some(body);
     // A block, not an async function: those copy their arguments into
     // the future twice.
@@ -102,7 +104,7 @@ pub fn handle(
         match flow {
             Flow::Next => {}
             Flow::Reply(r) => {
-                info.term = *b"PR--";
+                info.term = if r.local { *b"LR--" } else { *b"PR--" };
                 return Ok(finish_reply(txn, r, info, request_line, None).await);
             }
             Flow::Service(s) => {
@@ -201,7 +203,7 @@ pub fn handle(
         match flow {
             Flow::Next => {}
             Flow::Reply(r) => {
-                info.term = *b"PH--";
+                info.term = if r.local { *b"LH--" } else { *b"PH--" };
                 return Ok(finish_reply(txn, r, info, request_line, Some(guards)).await);
             }
             Flow::Service(_) | Flow::Close => return Ok(close_response(txn, info, request_line)),
@@ -454,14 +456,15 @@ fn respond(
         {
             be.counters.count_status(status);
         }
+        let bytes = WireBytes::new(&parts, &body.size_hint(), &info);
         let log = if logs(&fe) {
             Some(LogCtx::new(&txn, request_line, info))
         } else {
             None
         };
         let tracked = Tracked {
+            bytes,
             inner: body,
-            bytes: 0,
             log,
             guards,
             fe_counters: fe.counters.clone(),
@@ -547,7 +550,7 @@ async fn run_service(
                     {
                         // A rule answers instead of the service.
                         task.abort();
-                        info.term = *b"PH--";
+                        info.term = if r.local { *b"LH--" } else { *b"PH--" };
                         return finish_reply(view, r, info, request_line, None).await;
                     }
                     let _ = rules::run(
@@ -594,8 +597,8 @@ async fn respond_service(
 ) -> Response<Body> {
     let status = parts.status.as_u16();
     let tracked = ServiceTracked {
+        bytes: WireBytes::new(&parts, &body.size_hint(), &info),
         inner: body,
-        bytes: 0,
         info: Some((info, request_line)),
         task: Some(task),
         status,
@@ -624,11 +627,96 @@ impl HttpBody for ChannelBody {
     }
 }
 
+/// The `connection` header hyper's HTTP/1 server adds to a response that
+/// has none: `close` when the client asked to close.
+fn added_connection_header(req: &http::request::Parts) -> Option<&'static str> {
+    let asks = |token: &str| {
+        req.headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match req.version {
+        Version::HTTP_11 if asks("close") => Some("close"),
+        Version::HTTP_10 if asks("keep-alive") => Some("keep-alive"),
+        _ => None,
+    }
+}
+
+/// The bytes a response puts on the wire to the client, counted as
+/// HAProxy's `%B` counts them: the head as HTTP/1.1 writes it (with the
+/// `date`, `connection` and framing headers the server adds), then the
+/// body with its chunked framing. HTTP/2 responses are counted the same
+/// way: an estimate of their size, not of their frames.
+struct WireBytes {
+    total: u64,
+    chunked: bool,
+}
+
+impl WireBytes {
+    fn new(parts: &http::response::Parts, hint: &SizeHint, info: &LogInfo) -> WireBytes {
+        // "HTTP/1.1 200 OK\r\n", then "name: value\r\n" each, then "\r\n".
+        let reason = parts.status.canonical_reason().unwrap_or("<none>");
+        let mut total = 13 + reason.len() + 2 + 2;
+        for (n, v) in &parts.headers {
+            total += n.as_str().len() + 2 + v.len() + 2;
+        }
+        if let Some(v) = info.conn_header
+            && !parts.headers.contains_key(header::CONNECTION)
+        {
+            total += "connection: \r\n".len() + v.len();
+        }
+        if !parts.headers.contains_key(header::DATE) {
+            total += "date: Mon, 07 Dec 2026 00:00:00 GMT\r\n".len();
+        }
+        let bodyless = parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let mut chunked = false;
+        if !bodyless && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+            match hint.exact() {
+                Some(n) => total += "content-length: \r\n".len() + digits(n),
+                None if info.client_http10 => {}
+                None => {
+                    total += "transfer-encoding: chunked\r\n".len();
+                    chunked = true;
+                }
+            }
+        }
+        WireBytes {
+            total: total as u64,
+            chunked,
+        }
+    }
+
+    /// A body chunk of `n` bytes.
+    fn data(&mut self, n: usize) {
+        self.total += n as u64;
+        if self.chunked && n > 0 {
+            // "{n:x}\r\n" before the chunk, "\r\n" after it.
+            self.total += (n.ilog2() / 4 + 1) as u64 + 4;
+        }
+    }
+
+    /// The body ended: a chunked body's last chunk, "0\r\n\r\n".
+    fn end(&mut self) {
+        if std::mem::take(&mut self.chunked) {
+            self.total += 5;
+        }
+    }
+}
+
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
 /// Wraps a response body: counts bytes, holds the session counters until
 /// the end, and writes the access log line when the body ends.
 struct Tracked {
     inner: Body,
-    bytes: u64,
+    bytes: WireBytes,
     log: Option<LogCtx>,
     guards: Option<Vec<SessionGuard>>,
     fe_counters: Arc<super::state::Counters>,
@@ -641,11 +729,14 @@ impl Tracked {
             return;
         }
         self.done = true;
+        if !aborted {
+            self.bytes.end();
+        }
         self.fe_counters
             .bout
-            .fetch_add(self.bytes, Ordering::Relaxed);
+            .fetch_add(self.bytes.total, Ordering::Relaxed);
         if let Some(mut l) = self.log.take() {
-            l.info.bytes_out = self.bytes;
+            l.info.bytes_out = self.bytes.total;
             if aborted && l.info.term == *b"----" {
                 l.info.term = *b"CD--";
             }
@@ -667,7 +758,7 @@ impl HttpBody for Tracked {
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
-                    self.bytes += d.len() as u64;
+                    self.bytes.data(d.len());
                 }
                 if self.inner.is_end_stream() {
                     self.finish(false);
@@ -699,7 +790,7 @@ impl Drop for Tracked {
 /// service task has finished.
 struct ServiceTracked {
     inner: Body,
-    bytes: u64,
+    bytes: WireBytes,
     info: Option<(LogInfo, String)>,
     task: Option<ServiceTask>,
     status: u16,
@@ -710,7 +801,8 @@ impl ServiceTracked {
         let (Some((mut info, line)), Some(task)) = (self.info.take(), self.task.take()) else {
             return;
         };
-        info.bytes_out = self.bytes;
+        self.bytes.end();
+        info.bytes_out = self.bytes.total;
         info.status = Some(self.status);
         tokio::spawn(async move {
             if let Ok((txn, _, _)) = task.await {
@@ -735,7 +827,7 @@ impl HttpBody for ServiceTracked {
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
-                    self.bytes += d.len() as u64;
+                    self.bytes.data(d.len());
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),

@@ -23,8 +23,15 @@ pub struct LogInfo {
     pub t_response: Option<Duration>,
     /// Status sent to the client.
     pub status: Option<u16>,
-    /// Bytes sent to the client.
+    /// Bytes sent to the client, head included.
     pub bytes_out: u64,
+    /// The `connection` header value the server adds to an HTTP/1
+    /// response that has none (`close` when the client asked to close),
+    /// for counting [`LogInfo::bytes_out`].
+    pub conn_header: Option<&'static str>,
+    /// The client speaks HTTP/1.0: a body of unknown length is sent
+    /// without chunks, until the connection closes.
+    pub client_http10: bool,
     /// Termination state (`----`, `SC--`, `sH--`, `PR--`...).
     pub term: [u8; 4],
     /// Backend and server names as logged (`<lua.x>` for services).

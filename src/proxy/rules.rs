@@ -337,6 +337,7 @@ fn redirect(r: &Redirect, txn: &mut Txn) -> Reply {
             ("cache-control".into(), "no-cache".into()),
         ],
         body: Bytes::new(),
+        local: true,
     }
 }
 
@@ -358,6 +359,7 @@ fn return_reply(spec: &ReturnSpec, txn: &mut Txn) -> Reply {
         reason: None,
         headers,
         body,
+        local: true,
     }
 }
 
@@ -424,6 +426,7 @@ pub fn error_reply(status: u16) -> Reply {
             ("cache-control".into(), "no-cache".into()),
         ],
         body: Bytes::from(body),
+        local: false,
     }
 }
 

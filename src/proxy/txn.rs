@@ -58,6 +58,10 @@ pub struct Reply {
     pub reason: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// Produced on purpose (`return`, `redirect`, an extension's reply), as
+    /// opposed to a denial or an error: HAProxy logs the first with a
+    /// termination state starting `L`, the second with `P`.
+    pub local: bool,
 }
 
 /// One transaction. Fetches read it; actions and extensions change it.

@@ -49,6 +49,7 @@ fn reply<'a>(txn: &'a mut Txn, _: &'a [String]) -> BoxFuture<'a, Result<Verdict,
             reason: None,
             headers: vec![("content-type".into(), "text/plain".into())],
             body: Bytes::from_static(b"teapot\n"),
+            local: true,
         });
         Ok(Verdict::Done)
     })

@@ -412,3 +412,121 @@ async fn access_log_line_has_httplog_shape() -> Result<()> {
     assert!(re.is_match(&line), "{line}");
     Ok(())
 }
+
+/// `%B` counts what the client received, head included, as HAProxy's does;
+/// replies the proxy makes on purpose end `LR`, denials `PR`.
+#[tokio::test]
+async fn access_log_counts_bytes_on_the_wire_and_names_who_answered() -> Result<()> {
+    let up = Upstream::start("up", Behavior::Echo).await;
+    let dir = TempDir::new();
+    let lua = dir.write(
+        "svc.lua",
+        "core.register_service('chunky', 'http', function(applet)\n\
+           applet:set_status(200)\n\
+           applet:start_response()\n\
+           applet:send('hello ')\n\
+           applet:send(string.rep('x', 300))\n\
+         end)\n",
+    );
+    let cfg = dir.write(
+        "t.cfg",
+        &format!(
+            "global\n  lua-load {}\n\
+             defaults\n  mode http\n  option httplog\n  timeout connect 1s\n  timeout server 5s\n\
+             frontend web\n  bind 127.0.0.1:0\n\
+               http-request return status 200 content-type text/plain string hi if {{ path /r }}\n\
+               http-request deny if {{ path /d }}\n\
+               http-request redirect location /elsewhere if {{ path /re }}\n\
+               http-request use-service lua.chunky if {{ path /svc }}\n\
+               default_backend app\n\
+             backend app\n  server srv1 {}\n",
+            lua.display(),
+            up.addr
+        ),
+    );
+    let cfg = cfg.to_string_lossy().to_string();
+    let p = ProxyProcess::spawn(&["-f", &cfg], 1)?;
+    let asks = [
+        ("/r", "HTTP/1.1", "Connection: close", "LR--"),
+        ("/d", "HTTP/1.0", "X-A: b", "PR--"),
+        ("/re", "HTTP/1.1", "Connection: close", "LR--"),
+        ("/svc", "HTTP/1.1", "Connection: close", "----"),
+        ("/svc", "HTTP/1.0", "X-A: b", "----"),
+        ("/up", "HTTP/1.1", "Connection: close", "----"),
+        ("/up", "HTTP/1.0", "Connection: keep-alive", "----"),
+    ];
+    let mut received = Vec::new();
+    for (path, version, header, _) in asks {
+        let keep_alive = header.ends_with("keep-alive");
+        let out = if keep_alive {
+            // The connection stays open: read the one response it carries.
+            raw_until(p.addrs[0], path, version, header).await?
+        } else {
+            raw(
+                p.addrs[0],
+                format!("GET {path} {version}\r\nHost: x\r\n{header}\r\n\r\n").as_bytes(),
+            )
+            .await?
+        };
+        assert!(out.starts_with("HTTP/1."), "{path}: {out}");
+        received.push(out.len());
+    }
+    let lines = p.stdout.clone();
+    eventually(
+        "an access log line per request",
+        std::time::Duration::from_secs(5),
+        async || lines.lock().map(|v| v.len() >= asks.len()).unwrap_or(false),
+    )
+    .await;
+    let lines = p.stdout_lines();
+    // Each (path, version) is asked once.
+    for (i, (path, version, header, term)) in asks.iter().enumerate() {
+        let line = lines
+            .iter()
+            .find(|l| l.ends_with(&format!("\"GET {path} {version}\"")))
+            .unwrap_or_else(|| panic!("no log line for {path} {version}: {lines:?}"));
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(
+            fields[6],
+            received[i].to_string(),
+            "{path} {header}: {line}"
+        );
+        assert_eq!(fields[9], *term, "{path}: {line}");
+    }
+    Ok(())
+}
+
+/// Sends one keep-alive request and reads its response by its
+/// content-length.
+async fn raw_until(
+    addr: std::net::SocketAddr,
+    path: &str,
+    version: &str,
+    header: &str,
+) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} {version}\r\nHost: x\r\n{header}\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "closed early: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return Ok(text);
+            }
+        }
+    }
+}

@@ -334,6 +334,7 @@ impl Host for Ctx {
                     reason: r.reason,
                     headers: r.headers,
                     body: Bytes::from(r.body),
+                    local: true,
                 });
             }
             t.done = true;
