@@ -659,7 +659,7 @@ impl WireBytes {
     fn new(parts: &http::response::Parts, hint: &SizeHint, info: &LogInfo) -> WireBytes {
         // "HTTP/1.1 200 OK\r\n", then "name: value\r\n" each, then "\r\n".
         let reason = parts.status.canonical_reason().unwrap_or("<none>");
-        let mut total = 13 + reason.len() + 2 + 2;
+        let mut total = "HTTP/1.1 200 ".len() + reason.len() + "\r\n\r\n".len();
         for (n, v) in &parts.headers {
             total += n.as_str().len() + 2 + v.len() + 2;
         }
