@@ -797,11 +797,13 @@ struct ServiceTracked {
 }
 
 impl ServiceTracked {
-    fn finish(&mut self) {
+    fn finish(&mut self, aborted: bool) {
         let (Some((mut info, line)), Some(task)) = (self.info.take(), self.task.take()) else {
             return;
         };
-        self.bytes.end();
+        if !aborted {
+            self.bytes.end();
+        }
         info.bytes_out = self.bytes.total;
         info.status = Some(self.status);
         tokio::spawn(async move {
@@ -830,7 +832,8 @@ impl HttpBody for ServiceTracked {
                     self.bytes.data(d.len());
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Ready(None) => self.finish(false),
+            Poll::Ready(Some(Err(_))) => self.finish(true),
             Poll::Pending => {}
         }
         r
@@ -839,7 +842,7 @@ impl HttpBody for ServiceTracked {
 
 impl Drop for ServiceTracked {
     fn drop(&mut self) {
-        self.finish();
+        self.finish(true);
     }
 }
 
